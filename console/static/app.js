@@ -1,0 +1,1219 @@
+// GridHub operator / department console. Plain ES module, no build step, no external resources.
+import {
+  t, label, getLang, toggleLang, onLangChange, applyI18n,
+  INCIDENT_TYPES, STATES, SEVERITIES,
+} from "/static/i18n.js";
+
+// ---------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------
+const TOKEN_KEY = "gridhub.token";
+const DISPATCH_ROLES = new Set(["admin", "operator", "dispatcher"]);
+const DISPATCHABLE_STATES = new Set(["new", "confirmed"]);
+const ACCEPTABLE_STATES = new Set(["dispatched"]);
+const LIST_LIMIT = 200;
+const MAX_ROWS = 500;
+const WS_BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
+
+// ---------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------
+const S = {
+  token: readToken(),
+  user: null,
+  departments: [],
+  deptById: new Map(),
+  knownTypes: new Set(INCIDENT_TYPES),
+  incidents: new Map(), // id -> incident (without timeline); only those matching the filters
+  filters: { state: "", type: "", severity: "" },
+  listSeq: 0,
+  listLoaded: false,
+  listError: null,
+  selectedId: null,
+  detail: null, // incident with timeline for the selected id
+  detailSeq: 0,
+  detailError: null,
+  detailTimer: 0,
+  snapshot: { key: null, url: null, seq: 0, status: "none" },
+  action: { busy: null, error: null, info: null },
+  session: null, // AbortController of the current login session
+  ws: null,
+  wsGen: 0,
+  wsRetry: 0,
+  wsTimer: 0,
+  wsEverOpen: false,
+  conn: "reconnecting",
+  connRetryAt: 0,
+  loginError: null,
+};
+
+function readToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+function writeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage unavailable: token lives in memory only */ }
+}
+
+// ---------------------------------------------------------------------------
+// Small DOM helpers
+// ---------------------------------------------------------------------------
+const $ = (sel, root = document) => root.querySelector(sel);
+
+/** h("div", {class: "x", dataset: {id: 1}, onclick: fn}, child, "text", [more]) */
+function h(tag, attrs = null, ...children) {
+  const el = document.createElement(tag);
+  if (attrs) {
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k === "dataset") Object.assign(el.dataset, v);
+      else if (k === "style" && typeof v === "object") Object.assign(el.style, v);
+      else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+      else if (k === "text") el.textContent = v;
+      else if (v === true) el.setAttribute(k, "");
+      else el.setAttribute(k, String(v));
+    }
+  }
+  appendChildren(el, children);
+  return el;
+}
+function appendChildren(el, children) {
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    if (Array.isArray(c)) appendChildren(el, c);
+    else el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+function show(el, on = true) { el.hidden = !on; }
+
+// ---------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------
+const pad = (n, w = 2) => String(n).padStart(w, "0");
+
+function parseTime(iso) {
+  if (!iso) return null;
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+function fmtDateTime(iso) {
+  const d = parseTime(iso);
+  if (!d) return "—";
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function fmtShort(iso) {
+  const d = parseTime(iso);
+  if (!d) return "—";
+  const now = new Date();
+  const hms = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  if (d.toDateString() === now.toDateString()) return hms;
+  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hms}`;
+}
+function fmtAge(iso) {
+  const d = parseTime(iso);
+  if (!d) return "";
+  const s = Math.max(0, Math.round((Date.now() - d.getTime()) / 1000));
+  if (s < 60) return t("age.now");
+  if (s < 3600) return t("age.min", { n: Math.floor(s / 60) });
+  if (s < 86400) return t("age.hour", { n: Math.floor(s / 3600) });
+  return t("age.day", { n: Math.floor(s / 86400) });
+}
+function fmtConfidence(c) {
+  if (typeof c !== "number" || Number.isNaN(c)) return "—";
+  return `${Math.round(c * 100)}%`;
+}
+function deptName(id) {
+  if (!id) return "";
+  const d = S.deptById.get(id);
+  if (!d) return String(id);
+  return getLang() === "en" ? (d.name_en || d.name || id) : (d.name || d.name_en || id);
+}
+function deptList(ids) {
+  if (!Array.isArray(ids) || ids.length === 0) return t("detail.none");
+  return ids.map(deptName).join(getLang() === "en" ? ", " : "、");
+}
+function timeOf(iso) {
+  const d = parseTime(iso);
+  return d ? d.getTime() : 0;
+}
+
+// ---------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+async function api(path, { method = "GET", json, form, raw = false, auth = true } = {}) {
+  const headers = { Accept: raw ? "*/*" : "application/json" };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    headers["Content-Type"] = "application/x-www-form-urlencoded";
+    body = new URLSearchParams(form).toString();
+  }
+  if (auth && S.token) headers.Authorization = `Bearer ${S.token}`;
+  const signal = auth && S.session ? S.session.signal : undefined;
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body, signal, cache: "no-store" });
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err;
+    throw new ApiError(0, null);
+  }
+  if (res.status === 401 && auth) {
+    sessionExpired();
+    throw new ApiError(401, await readDetail(res));
+  }
+  if (!res.ok) throw new ApiError(res.status, await readDetail(res));
+  if (raw) return res;
+  if (res.status === 204) return null;
+  return res.json();
+}
+
+async function readDetail(res) {
+  try {
+    const data = await res.json();
+    return data && "detail" in data ? data.detail : null;
+  } catch {
+    return null;
+  }
+}
+
+/** {main, detail}: a translated generic message plus the server's own detail when it adds something. */
+function errorMessage(err, fallbackKey = "error.generic") {
+  if (!(err instanceof ApiError)) {
+    return { main: t(fallbackKey), key: fallbackKey, detail: err && err.message ? err.message : null };
+  }
+  const byStatus = {
+    0: "error.network", 401: "error.session", 403: "error.forbidden", 404: "error.not_found",
+    409: "error.conflict", 400: "error.bad_request", 422: "error.bad_request",
+  };
+  let key = byStatus[err.status];
+  if (!key) key = err.status >= 500 ? "error.server" : fallbackKey;
+  let detail = null;
+  if (typeof err.detail === "string") detail = err.detail;
+  else if (Array.isArray(err.detail)) {
+    detail = err.detail.map((d) => (d && d.msg ? d.msg : JSON.stringify(d))).join("; ");
+  }
+  return { main: t(key), key, detail };
+}
+
+/** Like errorMessage() but keeps the i18n key so the text can be re-translated later. */
+function errorKey(err, fallbackKey = "error.generic") {
+  const m = errorMessage(err, fallbackKey);
+  return { key: m.key, detail: m.detail };
+}
+
+function renderError(el, msg) {
+  el.replaceChildren();
+  if (!msg) { show(el, false); return; }
+  const main = msg.key ? t(msg.key) : msg.main; // by key so a language switch re-translates it
+  el.append(main);
+  if (msg.detail && msg.detail !== main) el.append(h("span", { class: "error-detail", text: msg.detail }));
+  show(el, true);
+}
+
+const isAbort = (err) => err && err.name === "AbortError";
+
+// ---------------------------------------------------------------------------
+// Login / session
+// ---------------------------------------------------------------------------
+/** msg: null | {key, detail?} (re-translated on language change) */
+function setLoginError(msg) {
+  S.loginError = msg;
+  renderError($("#login-error"), msg);
+}
+
+function showLogin(message = null) {
+  show($("#console-view"), false);
+  show($("#login-view"), true);
+  for (const id of ["#logout-btn", "#current-user", "#conn-status"]) show($(id), false);
+  setLoginError(message);
+  const submit = $("#login-submit");
+  submit.disabled = false;
+  submit.textContent = t("login.submit");
+  const form = $("#login-form");
+  form.elements.password.value = "";
+  (form.elements.username.value ? form.elements.password : form.elements.username).focus();
+}
+
+async function onLoginSubmit(ev) {
+  ev.preventDefault();
+  const form = ev.currentTarget;
+  const username = form.elements.username.value.trim();
+  const password = form.elements.password.value;
+  const submit = $("#login-submit");
+  if (!username || !password) {
+    setLoginError({ key: "error.login" });
+    return;
+  }
+  submit.disabled = true;
+  submit.textContent = t("login.submitting");
+  setLoginError(null);
+  try {
+    const res = await api("/api/auth/token", { method: "POST", form: { username, password }, auth: false });
+    if (!res || !res.access_token) throw new ApiError(500, null);
+    S.token = res.access_token;
+    writeToken(S.token);
+    form.elements.password.value = "";
+    await boot();
+  } catch (err) {
+    if (isAbort(err)) return;
+    setLoginError(err instanceof ApiError && err.status === 401 ? { key: "error.login" } : errorKey(err));
+  } finally {
+    submit.disabled = false;
+    submit.textContent = t("login.submit");
+  }
+}
+
+function endSession() {
+  if (S.session) S.session.abort();
+  S.session = null;
+  S.token = null;
+  writeToken(null);
+  S.user = null;
+  stopWS();
+  S.incidents.clear();
+  S.listLoaded = false;
+  closeDetail({ keepHash: false });
+  $("#incident-list").replaceChildren();
+}
+
+function logout() {
+  endSession();
+  showLogin();
+}
+
+function sessionExpired() {
+  if (!S.token) return;
+  endSession();
+  showLogin({ key: "error.session" });
+}
+
+async function boot() {
+  if (S.session) S.session.abort();
+  S.session = new AbortController();
+  let me;
+  try {
+    me = await api("/api/me");
+  } catch (err) {
+    if (isAbort(err) || (err instanceof ApiError && err.status === 401)) return;
+    // Server unreachable or broken: keep the token, show the error on the login card.
+    showLogin(errorKey(err));
+    return;
+  }
+  S.user = me;
+  try {
+    const deps = await api("/api/departments");
+    S.departments = Array.isArray(deps) ? deps : [];
+  } catch (err) {
+    if (isAbort(err) || (err instanceof ApiError && err.status === 401)) return;
+    S.departments = [];
+  }
+  S.deptById = new Map(S.departments.map((d) => [d.id, d]));
+  for (const d of S.departments) for (const ty of d.handles || []) S.knownTypes.add(ty);
+
+  show($("#login-view"), false);
+  show($("#console-view"), true);
+  show($("#logout-btn"), true);
+  show($("#current-user"), true);
+  show($("#conn-status"), true);
+  renderUser();
+  buildFilters();
+  renderList();
+  loadList();
+  connectWS();
+  const fromHash = hashIncident();
+  if (fromHash) selectIncident(fromHash, { updateHash: false });
+  else renderDetail();
+}
+
+function renderUser() {
+  const el = $("#current-user");
+  el.replaceChildren();
+  const u = S.user;
+  if (!u) return;
+  el.dataset.role = u.role || "";
+  appendChildren(el, [
+    h("span", { class: "user-name", text: u.name || u.username }),
+    u.name && u.name !== u.username ? h("span", { class: "user-login muted", text: u.username }) : null,
+    h("span", { class: "role-badge", text: label("role", u.role) }),
+    u.department ? h("span", { class: "user-dept", text: deptName(u.department) }) : null,
+  ]);
+  el.title = `${u.username} · ${label("role", u.role)}`;
+}
+
+// ---------------------------------------------------------------------------
+// Filters
+// ---------------------------------------------------------------------------
+function fillSelect(sel, values, group, current) {
+  sel.replaceChildren(h("option", { value: "", text: t("filter.all") }));
+  for (const v of values) sel.append(h("option", { value: v, text: label(group, v) }));
+  sel.value = values.includes(current) ? current : "";
+}
+
+function buildFilters() {
+  fillSelect($("#filter-state"), STATES, "state", S.filters.state);
+  fillSelect($("#filter-type"), [...S.knownTypes], "type", S.filters.type);
+  fillSelect($("#filter-severity"), SEVERITIES, "severity", S.filters.severity);
+}
+
+function onFilterChange() {
+  S.filters = {
+    state: $("#filter-state").value,
+    type: $("#filter-type").value,
+    severity: $("#filter-severity").value,
+  };
+  // Drop what no longer matches right away, then ask the server.
+  for (const [id, inc] of S.incidents) if (!matches(inc)) S.incidents.delete(id);
+  renderList();
+  loadList();
+}
+
+function matches(inc) {
+  const f = S.filters;
+  if (f.state && inc.state !== f.state) return false;
+  if (f.type && inc.type !== f.type) return false;
+  if (f.severity && inc.severity !== f.severity) return false;
+  // A department user only sees incidents dispatched to their department, even if a push says otherwise.
+  if (S.user && S.user.role === "department") {
+    const deps = Array.isArray(inc.departments) ? inc.departments : [];
+    if (!deps.includes(S.user.department)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Incident list
+// ---------------------------------------------------------------------------
+function stripIncident(inc) {
+  const { timeline, ...rest } = inc;
+  return rest;
+}
+
+/** true if a is strictly newer than b */
+function isNewer(a, b) {
+  return timeOf(a.updated_at) > timeOf(b.updated_at);
+}
+
+async function loadList() {
+  if (!S.token) return;
+  const seq = ++S.listSeq;
+  const started = Date.now();
+  const qs = new URLSearchParams();
+  for (const [k, v] of Object.entries(S.filters)) if (v) qs.set(k, v);
+  qs.set("limit", String(LIST_LIMIT));
+  let res;
+  try {
+    res = await api(`/api/incidents?${qs}`);
+  } catch (err) {
+    if (isAbort(err) || seq !== S.listSeq) return;
+    S.listError = errorMessage(err, "error.load_list");
+    if (err instanceof ApiError && err.status !== 401) S.listError.key = "error.load_list";
+    renderList();
+    return;
+  }
+  if (seq !== S.listSeq) return;
+  const items = res && Array.isArray(res.items) ? res.items : [];
+  const next = new Map();
+  for (const raw of items) {
+    if (!raw || !raw.id || !matches(raw)) continue;
+    if (raw.type) S.knownTypes.add(raw.type);
+    const old = S.incidents.get(raw.id);
+    next.set(raw.id, old && isNewer(old, raw) ? old : { ...stripIncident(raw), _rx: started });
+  }
+  // Keep pushes that arrived while the request was in flight.
+  for (const [id, old] of S.incidents) {
+    if (!next.has(id) && old._rx > started && matches(old)) next.set(id, old);
+  }
+  S.incidents = next;
+  S.listLoaded = true;
+  S.listError = null;
+  renderList();
+}
+
+function sortedIncidents() {
+  return [...S.incidents.values()].sort(
+    (a, b) => timeOf(b.created_at) - timeOf(a.created_at) || String(b.id).localeCompare(String(a.id)),
+  );
+}
+
+function renderList() {
+  const ul = $("#incident-list");
+  const focusedId = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("li.incident")?.dataset.id : null;
+  const rows = sortedIncidents().slice(0, MAX_ROWS).map(renderRow);
+  ul.replaceChildren(...rows);
+  if (focusedId) ul.querySelector(`li.incident[data-id="${CSS.escape(focusedId)}"]`)?.focus();
+  renderListMeta();
+}
+
+function renderListMeta() {
+  const n = S.incidents.size;
+  $("#list-count").textContent = t("list.count", { n });
+  const empty = $("#list-empty");
+  empty.textContent = S.listLoaded ? t("list.empty") : t("list.loading");
+  show(empty, n === 0);
+  renderError($("#list-error"), S.listError);
+}
+
+function renderRow(inc) {
+  const sev = inc.severity || "blue";
+  const where = [inc.camera_name || inc.camera_id, inc.grid_name || inc.grid_id].filter(Boolean);
+  const assigned = Array.isArray(inc.departments) && inc.departments.length
+    ? inc.departments.map(deptName).join(getLang() === "en" ? ", " : "、") : null;
+  const li = h("li", {
+    class: `incident sev-${sev}${inc.id === S.selectedId ? " selected" : ""}`,
+    dataset: { id: inc.id, state: inc.state || "", severity: sev, type: inc.type || "" },
+    tabindex: "0",
+    role: "button",
+    "aria-pressed": inc.id === S.selectedId ? "true" : "false",
+  },
+  h("span", { class: "sev-stripe", "aria-hidden": "true" }),
+  h("div", { class: "row-main" },
+    h("div", { class: "row-top" },
+      h("span", { class: "row-type", text: label("type", inc.type) }),
+      stateBadge(inc.state),
+    ),
+    h("div", { class: "row-meta" },
+      where.map((w, i) => [i ? h("span", { class: "sep", text: "·" }) : null, h("span", { text: w })]),
+    ),
+    assigned ? h("div", { class: "row-dept", text: `→ ${assigned}` }) : null,
+  ),
+  h("div", { class: "row-side" },
+    h("time", { class: "row-time", datetime: inc.created_at || "", text: fmtShort(inc.created_at) }),
+    h("span", { class: "row-age", dataset: { at: inc.created_at || "" }, text: fmtAge(inc.created_at) }),
+    h("span", { class: `sev-chip sev-${sev}`, text: label("severity", sev) }),
+  ));
+  return li;
+}
+
+function stateBadge(state) {
+  return h("span", { class: `badge state-${state || "unknown"}`, dataset: { state: state || "" }, text: label("state", state) });
+}
+
+/** Apply a pushed (or returned) incident to the list, re-rendering only its row. */
+function upsertIncident(raw, { isNew = false } = {}) {
+  if (!raw || !raw.id) return;
+  if (raw.type && !S.knownTypes.has(raw.type)) {
+    S.knownTypes.add(raw.type);
+    buildFilters();
+  }
+  const old = S.incidents.get(raw.id);
+  if (old && isNewer(old, raw)) return;
+  const inc = { ...stripIncident(raw), _rx: Date.now() };
+  const ul = $("#incident-list");
+  const row = ul.querySelector(`li.incident[data-id="${CSS.escape(inc.id)}"]`);
+  if (!matches(inc)) {
+    S.incidents.delete(inc.id);
+    row?.remove();
+    renderListMeta();
+    return;
+  }
+  S.incidents.set(inc.id, inc);
+  const fresh = renderRow(inc);
+  if (row) {
+    const hadFocus = document.activeElement === row;
+    row.replaceWith(fresh);
+    if (old && old.state !== inc.state) flash(fresh, "bump");
+    if (hadFocus) fresh.focus();
+  } else {
+    // Insert by created_at (newest first): normally the top.
+    const created = timeOf(inc.created_at);
+    let before = null;
+    for (const li of ul.children) {
+      const other = S.incidents.get(li.dataset.id);
+      if (!other || timeOf(other.created_at) <= created) { before = li; break; }
+    }
+    ul.insertBefore(fresh, before);
+    if (isNew || !old) flash(fresh, "flash");
+    while (ul.children.length > MAX_ROWS) ul.lastElementChild.remove();
+  }
+  renderListMeta();
+}
+
+function flash(el, cls) {
+  el.classList.add(cls);
+  el.addEventListener("animationend", () => el.classList.remove(cls), { once: true });
+  // Safety net if animations are disabled (prefers-reduced-motion).
+  setTimeout(() => el.classList.remove(cls), 4000);
+}
+
+function onListClick(ev) {
+  const li = ev.target.closest("li.incident");
+  if (li) selectIncident(li.dataset.id);
+}
+function onListKey(ev) {
+  const li = ev.target.closest("li.incident");
+  if (!li) return;
+  if (ev.key === "Enter" || ev.key === " ") {
+    ev.preventDefault();
+    selectIncident(li.dataset.id);
+  } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+    ev.preventDefault();
+    const next = ev.key === "ArrowDown" ? li.nextElementSibling : li.previousElementSibling;
+    if (next) { next.focus(); selectIncident(next.dataset.id); }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Detail panel
+// ---------------------------------------------------------------------------
+function hashIncident() {
+  const m = /^#incident=(.+)$/.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function selectIncident(id, { updateHash = true } = {}) {
+  if (!id) return;
+  if (id !== S.selectedId) {
+    S.selectedId = id;
+    S.detail = null;
+    S.detailError = null;
+    S.action = { busy: null, error: null, info: null };
+    resetSnapshot();
+    const note = $("#action-note");
+    if (note) note.value = "";
+  }
+  for (const li of $("#incident-list").querySelectorAll("li.incident")) {
+    const on = li.dataset.id === id;
+    li.classList.toggle("selected", on);
+    li.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+  if (updateHash) history.replaceState(null, "", `#incident=${encodeURIComponent(id)}`);
+  renderDetail();
+  refreshDetail();
+}
+
+function closeDetail({ keepHash = false } = {}) {
+  S.selectedId = null;
+  S.detail = null;
+  S.detailError = null;
+  S.action = { busy: null, error: null, info: null };
+  resetSnapshot();
+  for (const li of document.querySelectorAll("#incident-list li.incident.selected")) {
+    li.classList.remove("selected");
+    li.setAttribute("aria-pressed", "false");
+  }
+  if (!keepHash && location.hash) history.replaceState(null, "", location.pathname + location.search);
+  renderDetail();
+}
+
+function scheduleDetailRefresh() {
+  clearTimeout(S.detailTimer);
+  S.detailTimer = setTimeout(refreshDetail, 150);
+}
+
+async function refreshDetail() {
+  const id = S.selectedId;
+  if (!id || !S.token) return;
+  const seq = ++S.detailSeq;
+  try {
+    const inc = await api(`/api/incidents/${encodeURIComponent(id)}`);
+    if (seq !== S.detailSeq || id !== S.selectedId) return;
+    S.detail = inc;
+    S.detailError = null;
+    if (S.incidents.has(id) || matches(inc)) upsertIncident(inc);
+  } catch (err) {
+    if (isAbort(err) || seq !== S.detailSeq || id !== S.selectedId) return;
+    S.detailError = errorMessage(err, "error.load_detail");
+  }
+  renderDetail();
+}
+
+/** The incident to display: full detail if loaded, else what the list knows. */
+function currentIncident() {
+  if (!S.selectedId) return null;
+  const listed = S.incidents.get(S.selectedId);
+  if (S.detail && S.detail.id === S.selectedId) {
+    // A push may be newer than the last detail fetch; show its fields, keep the fetched timeline.
+    if (listed && isNewer(listed, S.detail)) return { ...listed, timeline: S.detail.timeline };
+    return S.detail;
+  }
+  return listed || null;
+}
+
+function renderDetail() {
+  const pane = $("#incident-detail");
+  const body = $("#detail-body");
+  const inc = currentIncident();
+  if (!S.selectedId) {
+    delete pane.dataset.id;
+    delete pane.dataset.state;
+    pane.classList.remove("open");
+    delete body.dataset.for;
+    body.replaceChildren();
+    show(body, false);
+    show($("#detail-placeholder"), true);
+    return;
+  }
+  pane.dataset.id = S.selectedId;
+  pane.classList.add("open");
+  if (inc && inc.state) pane.dataset.state = inc.state;
+  show($("#detail-placeholder"), false);
+  show(body, true);
+
+  if (body.dataset.for !== S.selectedId) buildDetailSkeleton(body);
+
+  const head = $("#detail-head-info", body);
+  head.replaceChildren();
+  if (inc) {
+    head.append(
+      h("span", { class: `sev-chip sev-${inc.severity || "blue"}`, text: label("severity", inc.severity) }),
+      h("h2", { class: "detail-title", text: label("type", inc.type) }),
+      stateBadge(inc.state),
+      h("span", { class: "detail-id muted", text: inc.id }),
+    );
+  } else {
+    head.append(h("h2", { class: "detail-title", text: S.detailError ? "" : t("detail.loading") }));
+  }
+  renderError($("#detail-error", body), S.detailError);
+
+  const grid = $(".detail-grid", body);
+  show(grid, !!inc);
+  if (!inc) return;
+  renderSnapshot(inc);
+  renderFields(inc);
+  renderActions(inc);
+  renderTimeline(inc);
+}
+
+function buildDetailSkeleton(body) {
+  body.dataset.for = S.selectedId;
+  body.replaceChildren(
+    h("div", { class: "detail-head" },
+      h("div", { id: "detail-head-info", class: "detail-head-info" }),
+      h("button", {
+        id: "detail-close", type: "button", class: "btn btn-ghost btn-small",
+        text: t("detail.close"), "data-i18n": "detail.close", onclick: () => closeDetail(),
+      }),
+    ),
+    h("p", { id: "detail-error", class: "error", role: "alert", hidden: true }),
+    h("div", { class: "detail-grid" },
+      h("div", { class: "detail-col detail-col-main" },
+        h("section", { class: "card snapshot-card" },
+          h("h3", { "data-i18n": "detail.snapshot", text: t("detail.snapshot") }),
+          h("div", { id: "snapshot", class: "snap-wrap" },
+            h("img", { id: "snapshot-img", alt: "", hidden: true, draggable: "false" }),
+            h("div", { class: "snap-boxes" }),
+            h("div", { class: "snap-status muted" }),
+          ),
+        ),
+        h("section", { class: "card" },
+          h("h3", { "data-i18n": "detail.fields", text: t("detail.fields") }),
+          h("dl", { id: "detail-fields", class: "fields" }),
+        ),
+      ),
+      h("div", { class: "detail-col detail-col-side" },
+        h("section", { class: "card actions-card" },
+          h("h3", { "data-i18n": "detail.actions", text: t("detail.actions") }),
+          h("div", { id: "detail-actions", class: "actions" }),
+          h("label", { class: "field note-field" },
+            h("span", { "data-i18n": "detail.note", text: t("detail.note") }),
+            h("textarea", {
+              id: "action-note", rows: "2", maxlength: "500",
+              "data-i18n-placeholder": "detail.note.placeholder", placeholder: t("detail.note.placeholder"),
+            }),
+          ),
+          h("p", { id: "action-error", class: "error", role: "alert", hidden: true }),
+          h("p", { id: "action-info", class: "info", role: "status", hidden: true }),
+        ),
+        h("section", { class: "card timeline-card" },
+          h("h3", { "data-i18n": "detail.timeline", text: t("detail.timeline") }),
+          h("ol", { id: "timeline", class: "timeline" }),
+        ),
+      ),
+    ),
+  );
+  $("#snapshot-img", body).addEventListener("load", () => {
+    const inc = currentIncident();
+    if (inc) renderBoxes(inc);
+  });
+}
+
+function renderFields(inc) {
+  const dl = $("#detail-fields");
+  const rows = [
+    ["detail.id", inc.id],
+    ["detail.type", label("type", inc.type)],
+    ["detail.state", stateBadge(inc.state)],
+    ["detail.severity", h("span", { class: `sev-chip sev-${inc.severity || "blue"}`, text: label("severity", inc.severity) })],
+    ["detail.camera", [inc.camera_name, inc.camera_id && inc.camera_name ? `(${inc.camera_id})` : inc.camera_id].filter(Boolean).join(" ")],
+    ["detail.grid", [inc.grid_name, inc.grid_id && inc.grid_name ? `(${inc.grid_id})` : inc.grid_id].filter(Boolean).join(" ")],
+    ["detail.confidence", fmtConfidence(inc.confidence)],
+    ["detail.track", inc.track_id ?? "—"],
+    ["detail.started_at", fmtDateTime(inc.started_at)],
+    ["detail.last_seen_at", fmtDateTime(inc.last_seen_at)],
+    ["detail.created_at", fmtDateTime(inc.created_at)],
+    ["detail.updated_at", fmtDateTime(inc.updated_at)],
+    ["detail.suggested", deptList(inc.suggested_departments)],
+    ["detail.assigned", deptList(inc.departments)],
+    ["detail.lead", inc.lead_department ? deptName(inc.lead_department) : t("detail.none")],
+  ];
+  dl.replaceChildren(...rows.map(([k, v]) => h("div", { class: "field-row", dataset: { field: k.slice(7) } },
+    h("dt", { text: t(k) }),
+    h("dd", null, v === null || v === undefined || v === "" ? "—" : v),
+  )));
+}
+
+// --- snapshot ---------------------------------------------------------------
+function resetSnapshot() {
+  S.snapshot.seq++;
+  if (S.snapshot.url) URL.revokeObjectURL(S.snapshot.url);
+  S.snapshot = { key: null, url: null, seq: S.snapshot.seq, status: "none" };
+}
+
+function frameSize(inc) {
+  const fs = inc.frame_size;
+  if (Array.isArray(fs) && fs[0] > 0 && fs[1] > 0) return [fs[0], fs[1]];
+  const img = $("#snapshot-img");
+  if (img && img.naturalWidth > 0) return [img.naturalWidth, img.naturalHeight];
+  return null;
+}
+
+function renderSnapshot(inc) {
+  const wrap = $("#snapshot");
+  const img = $("#snapshot-img");
+  const fs = frameSize(inc) || [16, 9];
+  wrap.style.aspectRatio = `${fs[0]} / ${fs[1]}`;
+  wrap.style.setProperty("--snap-ar", String(fs[0] / fs[1]));
+
+  const key = inc.snapshot_url ? `${inc.snapshot_url}|${inc.last_seen_at || inc.updated_at || ""}` : null;
+  if (key !== S.snapshot.key) loadSnapshot(inc, key);
+
+  const status = $(".snap-status", wrap);
+  const st = S.snapshot.status;
+  status.textContent = st === "loading" && !S.snapshot.url ? t("detail.snapshot.loading")
+    : st === "error" ? t("error.snapshot")
+    : st === "none" || !S.snapshot.url ? t("detail.snapshot.none") : "";
+  show(status, !!status.textContent);
+  if (S.snapshot.url) {
+    if (img.getAttribute("src") !== S.snapshot.url) img.src = S.snapshot.url;
+    show(img, true);
+  } else {
+    img.removeAttribute("src");
+    show(img, false);
+  }
+  renderBoxes(inc);
+}
+
+async function loadSnapshot(inc, key) {
+  S.snapshot.key = key;
+  const seq = ++S.snapshot.seq;
+  if (!key) { S.snapshot.status = "none"; return; }
+  S.snapshot.status = "loading";
+  const id = inc.id;
+  try {
+    const res = await api(inc.snapshot_url, { raw: true });
+    const blob = await res.blob();
+    if (seq !== S.snapshot.seq || id !== S.selectedId) return;
+    const old = S.snapshot.url;
+    S.snapshot.url = URL.createObjectURL(blob);
+    S.snapshot.status = "ok";
+    // Revoke the previous image once the new one is displayed (avoids a blank flash).
+    if (old) setTimeout(() => URL.revokeObjectURL(old), 2000);
+  } catch (err) {
+    if (isAbort(err) || seq !== S.snapshot.seq) return;
+    S.snapshot.status = err instanceof ApiError && err.status === 404 ? "none" : "error";
+  }
+  if (id === S.selectedId) {
+    const cur = currentIncident();
+    if (cur) renderSnapshot(cur);
+  }
+}
+
+function renderBoxes(inc) {
+  const layer = $("#snapshot .snap-boxes");
+  if (!layer) return;
+  layer.replaceChildren();
+  const fs = frameSize(inc);
+  if (!fs || !S.snapshot.url || !Array.isArray(inc.boxes)) return;
+  const [w, hgt] = fs;
+  const sev = inc.severity || "blue";
+  inc.boxes.forEach((b, i) => {
+    if (!Array.isArray(b) || b.length < 4) return;
+    const [x1, y1, x2, y2] = b.map(Number);
+    const left = Math.max(0, Math.min(x1, x2)) / w * 100;
+    const top = Math.max(0, Math.min(y1, y2)) / hgt * 100;
+    const right = Math.min(w, Math.max(x1, x2)) / w * 100;
+    const bottom = Math.min(hgt, Math.max(y1, y2)) / hgt * 100;
+    if (!(right > left && bottom > top)) return;
+    layer.append(h("div", {
+      class: `snap-box sev-${sev}${top < 6 ? " label-inside" : ""}`,
+      dataset: { index: String(i) },
+      style: { left: `${left}%`, top: `${top}%`, width: `${right - left}%`, height: `${bottom - top}%` },
+    }, i === 0 ? h("span", {
+      class: "snap-box-label",
+      text: `${label("type", inc.type)} ${fmtConfidence(inc.confidence)}`,
+    }) : null));
+  });
+}
+
+// --- actions ----------------------------------------------------------------
+function canDispatch(inc) {
+  return !!S.user && DISPATCH_ROLES.has(S.user.role) && DISPATCHABLE_STATES.has(inc.state);
+}
+function canAccept(inc) {
+  if (!S.user || !ACCEPTABLE_STATES.has(inc.state)) return false;
+  const assigned = Array.isArray(inc.departments) ? inc.departments : [];
+  if (S.user.role === "admin") return true;
+  return S.user.role === "department" && !!S.user.department && assigned.includes(S.user.department);
+}
+
+function renderActions(inc) {
+  const box = $("#detail-actions");
+  const busy = S.action.busy;
+  box.replaceChildren();
+  const dispatch = canDispatch(inc);
+  const accept = canAccept(inc);
+
+  if (dispatch) {
+    const suggested = (Array.isArray(inc.suggested_departments) ? inc.suggested_departments : []).filter(Boolean);
+    const quick = h("div", { class: "action-row" });
+    suggested.forEach((dep, i) => {
+      const working = busy === `dispatch:${dep}`;
+      quick.append(h("button", {
+        id: i === 0 ? "dispatch-btn" : null,
+        type: "button",
+        class: `btn ${i === 0 ? "btn-primary btn-large" : "btn-secondary"} dispatch-suggested`,
+        dataset: { department: dep },
+        disabled: !!busy,
+        text: working ? t("action.working") : t("action.dispatch_to", { dept: deptName(dep) }),
+        onclick: () => runAction("dispatch", dep),
+      }));
+    });
+    if (suggested.length) box.append(quick);
+
+    // Every known department; those handling this type first and marked.
+    let deps = S.departments.map((d) => d.id);
+    for (const s of suggested) if (!deps.includes(s)) deps.push(s);
+    const handles = (id) => !!S.deptById.get(id)?.handles?.includes(inc.type);
+    deps = [...deps.filter(handles), ...deps.filter((d) => !handles(d))];
+    if (deps.length) {
+      const prev = $("#dispatch-select")?.value;
+      const sel = h("select", { id: "dispatch-select", name: "department", disabled: !!busy },
+        deps.map((d) => h("option", { value: d, text: deptName(d) + (handles(d) ? t("dept.handles") : "") })));
+      const preferred = deps.find((d) => !suggested.includes(d) && handles(d))
+        || deps.find((d) => !suggested.includes(d)) || deps[0];
+      sel.value = prev && deps.includes(prev) ? prev : preferred;
+      const working = busy && busy.startsWith("dispatch-other:");
+      box.append(h("div", { class: "action-row action-other" },
+        h("label", { class: "inline-label", for: "dispatch-select", text: t("action.dispatch_other.label") }),
+        sel,
+        h("button", {
+          id: "dispatch-other-btn", type: "button", class: "btn btn-secondary",
+          disabled: !!busy,
+          text: working ? t("action.working") : t("action.dispatch_other"),
+          onclick: () => runAction("dispatch", $("#dispatch-select").value, "dispatch-other"),
+        }),
+      ));
+    }
+  }
+
+  if (accept) {
+    box.append(h("div", { class: "action-row" }, h("button", {
+      id: "accept-btn", type: "button", class: "btn btn-primary btn-large",
+      disabled: !!busy,
+      text: busy === "accept" ? t("action.working") : t("action.accept"),
+      onclick: () => runAction("accept"),
+    })));
+  }
+
+  const any = box.children.length > 0;
+  if (!any) box.append(h("p", { class: "muted", text: t("detail.no_actions") }));
+  show($(".note-field"), any);
+  const note = $("#action-note");
+  if (note) note.disabled = !!busy;
+  renderError($("#action-error"), S.action.error);
+  const info = $("#action-info");
+  info.textContent = S.action.info || "";
+  show(info, !!S.action.info);
+}
+
+async function runAction(kind, department = null, variant = null) {
+  const id = S.selectedId;
+  if (!id || S.action.busy) return;
+  if (kind === "dispatch" && !department) return;
+  const note = ($("#action-note")?.value || "").trim();
+  S.action = {
+    busy: kind === "accept" ? "accept" : `${variant || "dispatch"}:${department}`,
+    error: null, info: null,
+  };
+  rerenderActions();
+  try {
+    let updated;
+    if (kind === "dispatch") {
+      const body = { department };
+      if (note) body.note = note;
+      updated = await api(`/api/incidents/${encodeURIComponent(id)}/dispatch`, { method: "POST", json: body });
+    } else {
+      updated = await api(`/api/incidents/${encodeURIComponent(id)}/accept`, { method: "POST", json: note ? { note } : {} });
+    }
+    if (id !== S.selectedId) return;
+    S.action = {
+      busy: null, error: null,
+      info: kind === "dispatch" ? t("action.done.dispatch", { dept: deptName(department) }) : t("action.done.accept"),
+    };
+    const n = $("#action-note");
+    if (n) n.value = "";
+    if (updated && updated.id) {
+      if (S.detail && S.detail.id === id) S.detail = { ...updated, timeline: S.detail.timeline };
+      upsertIncident(updated);
+    }
+    renderDetail();
+    refreshDetail();
+  } catch (err) {
+    if (isAbort(err) || id !== S.selectedId) return;
+    S.action = { busy: null, error: errorMessage(err), info: null };
+    rerenderActions();
+    // The conflict may mean someone else acted: show the current truth.
+    if (err instanceof ApiError && (err.status === 409 || err.status === 404)) refreshDetail();
+  } finally {
+    if (S.action.busy && id === S.selectedId) {
+      S.action.busy = null;
+      rerenderActions();
+    }
+  }
+}
+
+function rerenderActions() {
+  const inc = currentIncident();
+  if (inc && $("#detail-actions")) renderActions(inc);
+}
+
+// --- timeline ----------------------------------------------------------------
+function renderTimeline(inc) {
+  const ol = $("#timeline");
+  if (!Array.isArray(inc.timeline)) {
+    ol.replaceChildren(h("li", { class: "muted timeline-empty", text: t("detail.loading") }));
+    return;
+  }
+  const entries = [...inc.timeline].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0) || timeOf(a.at) - timeOf(b.at));
+  if (!entries.length) {
+    ol.replaceChildren(h("li", { class: "muted timeline-empty", text: t("detail.timeline.empty") }));
+    return;
+  }
+  ol.replaceChildren(...entries.map((e) => {
+    const actor = e.actor === "detector" || e.actor === "system" ? t(`tl.actor.${e.actor}`) : (e.actor || "—");
+    const change = e.to_state && e.from_state && e.from_state !== e.to_state
+      ? [stateBadge(e.from_state), h("span", { class: "tl-arrow", text: "→" }), stateBadge(e.to_state)]
+      : e.to_state && !e.from_state ? [stateBadge(e.to_state)] : null;
+    return h("li", {
+      class: "timeline-entry",
+      dataset: { action: e.action || "", seq: String(e.seq ?? "") },
+    },
+    h("span", { class: "tl-dot", "aria-hidden": "true" }),
+    h("div", { class: "tl-body" },
+      h("div", { class: "tl-head" },
+        h("span", { class: "tl-action", text: label("tl.action", e.action) }),
+        h("span", { class: "tl-actor", text: actor }),
+        h("time", { class: "tl-time", datetime: e.at || "", title: fmtDateTime(e.at), text: fmtShort(e.at) }),
+      ),
+      change ? h("div", { class: "tl-states" }, change) : null,
+      timelineDetail(e.detail),
+    ));
+  }));
+}
+
+function timelineDetail(detail) {
+  if (!detail || typeof detail !== "object") return null;
+  const parts = [];
+  for (const [k, v] of Object.entries(detail)) {
+    if (v === null || v === undefined || v === "") continue;
+    let text;
+    if (k === "department" || k === "lead_department") text = deptName(v);
+    else if (k === "departments" && Array.isArray(v)) text = deptList(v);
+    else if (k === "severity") text = label("severity", v);
+    else if (k === "confidence" && typeof v === "number") text = fmtConfidence(v);
+    else if (k === "type") text = label("type", v);
+    else if (k === "state") text = label("state", v);
+    else if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") text = String(v);
+    else continue; // boxes and other structures are not useful as text
+    parts.push(h("span", { class: "tl-kv" },
+      h("span", { class: "tl-k", text: `${t(`tl.detail.${k}`, null, k)}: ` }),
+      h("span", { class: "tl-v", text })));
+  }
+  return parts.length ? h("div", { class: "tl-detail" }, parts) : null;
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------
+function wsURL() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}`;
+}
+
+function connectWS() {
+  if (!S.token) return;
+  clearTimeout(S.wsTimer);
+  const gen = ++S.wsGen;
+  if (S.ws) { try { S.ws.close(); } catch { /* ignore */ } }
+  setConn("reconnecting");
+  let ws;
+  try {
+    ws = new WebSocket(wsURL());
+  } catch {
+    scheduleReconnect(gen);
+    return;
+  }
+  S.ws = ws;
+  ws.addEventListener("open", () => {
+    if (gen !== S.wsGen) return;
+    S.wsRetry = 0;
+    S.wsEverOpen = true;
+    setConn("live");
+    // Events may have been missed while disconnected (or before the socket existed).
+    loadList();
+    if (S.selectedId) scheduleDetailRefresh();
+  });
+  ws.addEventListener("message", (ev) => {
+    if (gen !== S.wsGen) return;
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    onWSMessage(msg);
+  });
+  ws.addEventListener("close", (ev) => {
+    if (gen !== S.wsGen || !S.token) return;
+    S.ws = null;
+    // Policy-violation / auth-style close codes: check whether the token is still good.
+    if (ev.code === 1008 || (ev.code >= 4000 && ev.code < 5000)) api("/api/me").catch(() => {});
+    scheduleReconnect(gen);
+  });
+}
+
+function scheduleReconnect(gen) {
+  if (gen !== S.wsGen || !S.token) return;
+  const base = WS_BACKOFF_MS[Math.min(S.wsRetry, WS_BACKOFF_MS.length - 1)];
+  const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+  S.wsRetry++;
+  S.connRetryAt = Date.now() + delay;
+  setConn("reconnecting");
+  clearTimeout(S.wsTimer);
+  S.wsTimer = setTimeout(() => { if (gen === S.wsGen) connectWS(); }, delay);
+}
+
+function stopWS() {
+  S.wsGen++;
+  clearTimeout(S.wsTimer);
+  if (S.ws) { try { S.ws.close(1000); } catch { /* ignore */ } }
+  S.ws = null;
+  S.wsRetry = 0;
+  S.wsEverOpen = false;
+  setConn("reconnecting");
+}
+
+function setConn(state) {
+  S.conn = state;
+  renderConn();
+}
+
+function renderConn() {
+  const el = $("#conn-status");
+  el.dataset.state = S.conn;
+  const never = !S.wsEverOpen;
+  $(".conn-label", el).textContent = S.conn === "live" ? t("conn.live")
+    : never ? t("conn.connecting") : t("conn.reconnecting");
+  const secs = Math.max(0, Math.ceil((S.connRetryAt - Date.now()) / 1000));
+  el.title = S.conn === "live" ? t("conn.title.live")
+    : never && !S.connRetryAt ? t("conn.title.connecting") : t("conn.title.reconnecting", { s: secs });
+}
+
+function onWSMessage(msg) {
+  if (!msg || typeof msg !== "object") return;
+  switch (msg.type) {
+    case "incident.created":
+      upsertIncident(msg.data, { isNew: true });
+      if (msg.data && msg.data.id === S.selectedId) scheduleDetailRefresh();
+      break;
+    case "incident.updated":
+      upsertIncident(msg.data);
+      if (msg.data && msg.data.id === S.selectedId) {
+        renderDetail(); // fields right away, timeline after the re-fetch
+        scheduleDetailRefresh();
+      }
+      break;
+    default:
+      // hello, camera.health and unknown types: nothing to show yet.
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Clock, ages, language
+// ---------------------------------------------------------------------------
+function tick() {
+  const now = new Date();
+  const clock = $("#clock");
+  clock.textContent = fmtDateTime(now.toISOString());
+  clock.dateTime = now.toISOString();
+  if (now.getSeconds() % 15 === 0) {
+    for (const el of document.querySelectorAll(".row-age[data-at]")) el.textContent = fmtAge(el.dataset.at);
+  }
+  if (S.conn !== "live" && S.token) renderConn();
+}
+
+function rerenderAll() {
+  applyI18n(document);
+  if (!$("#login-view").hidden) {
+    const submit = $("#login-submit");
+    if (!submit.disabled) submit.textContent = t("login.submit");
+    setLoginError(S.loginError);
+  }
+  if (S.user) {
+    renderUser();
+    buildFilters();
+    renderList();
+    renderDetail();
+  }
+  renderConn();
+}
+
+// ---------------------------------------------------------------------------
+// Wiring
+// ---------------------------------------------------------------------------
+function init() {
+  applyI18n(document);
+  $("#login-form").addEventListener("submit", onLoginSubmit);
+  $("#logout-btn").addEventListener("click", logout);
+  $("#lang-toggle").addEventListener("click", toggleLang);
+  $("#refresh-btn").addEventListener("click", () => { loadList(); if (S.selectedId) refreshDetail(); });
+  for (const id of ["#filter-state", "#filter-type", "#filter-severity"]) {
+    $(id).addEventListener("change", onFilterChange);
+  }
+  const list = $("#incident-list");
+  list.addEventListener("click", onListClick);
+  list.addEventListener("keydown", onListKey);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && S.selectedId && !ev.target.closest("input, textarea, select")) closeDetail();
+  });
+  window.addEventListener("hashchange", () => {
+    const id = hashIncident();
+    if (S.user && id && id !== S.selectedId) selectIncident(id, { updateHash: false });
+  });
+  // Come back quickly after the network or the tab returns.
+  const kick = () => { if (S.token && S.conn !== "live") connectWS(); };
+  window.addEventListener("online", kick);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) kick(); });
+  onLangChange(rerenderAll);
+
+  tick();
+  setInterval(tick, 1000);
+  renderConn();
+
+  if (S.token) boot();
+  else showLogin();
+}
+
+init();

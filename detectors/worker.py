@@ -1,0 +1,213 @@
+"""The detection worker: sources -> sampled frames -> model -> tracker -> rules -> bus.
+
+One inference thread serves every camera round-robin at ``detect_fps`` per camera
+(inference never runs on the event loop). Rule events become
+:class:`IncidentCandidate` messages with a snapshot, published durably; camera health
+is broadcast every two seconds. In ``gridhub run`` the worker shares the process with
+the hub; ``gridhub worker`` (scaled set-up) runs it alone against Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import supervision as sv
+from trackers import ByteTrackTracker
+
+from detectors.backends import Backend, make_backend
+from detectors.person_down import PersonDown, RuleEvent, clip_window
+from hub.bus import Bus, BusError, CameraHealth, IncidentCandidate
+from hub.config import CameraConfig, Site
+from ingest import FileSource, Frame, make_source
+
+log = logging.getLogger(__name__)
+
+HEALTH_EVERY_S = 2.0
+STALE_FRAME_S = 5.0
+
+
+def make_tracker(detect_fps: float) -> ByteTrackTracker:
+    return ByteTrackTracker(
+        frame_rate=detect_fps,
+        lost_track_buffer=max(4, int(detect_fps * 4)),  # keep ~4 s of lost track memory
+        track_activation_threshold=0.4,
+        high_conf_det_threshold=0.5,
+        minimum_consecutive_frames=1,
+    )
+
+
+def draw_snapshot(frame: np.ndarray, det: sv.Detections, ev: RuleEvent, label: str) -> bytes:
+    """JPEG of the frame with every person box and the event's box drawn."""
+    img = frame.copy()
+    meaning = det.data.get("meaning", np.array([], dtype=object))
+    for i in range(len(det)):
+        x1, y1, x2, y2 = (int(v) for v in det.xyxy[i])
+        colour = (0, 0, 255) if meaning[i] == "person_down" else (80, 200, 80)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+    x1, y1, x2, y2 = (int(v) for v in ev.box)
+    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 4)
+    text = f"{label} {ev.confidence:.2f}"
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.8, 2)
+    cv2.rectangle(img, (x1, max(0, y1 - th - 10)), (x1 + tw + 8, y1), (0, 0, 255), -1)
+    cv2.putText(img, text, (x1 + 4, max(th, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
+                (255, 255, 255), 2, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+@dataclass
+class CameraPipeline:
+    """Per-camera detection state: sampling, tracker, rules."""
+
+    camera: CameraConfig
+    source: FileSource
+    tracker: ByteTrackTracker
+    person_down: PersonDown
+    next_due: float = 0.0
+    last_seq: int = 0
+    inferences: int = 0
+    infer_ms: list[float] = field(default_factory=list)
+
+
+class Worker:
+    """Runs the sources and the detection loop of a site's cameras."""
+
+    def __init__(self, site: Site, bus: Bus, data_dir: Path) -> None:
+        self.site = site
+        self.bus = bus
+        self.data_dir = data_dir
+        self.backend: Backend | None = None
+        self.pipelines: list[CameraPipeline] = []
+        self.errors = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def load_model(self) -> None:
+        """Load the backend now (raises ModelError naming the file)."""
+        if self.backend is None:
+            self.backend = make_backend(self.site.rules.detector, self.site.root)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.load_model)
+        fps = self.site.rules.detect_fps
+        for cam in self.site.cameras:
+            if not cam.enabled:
+                continue
+            src = make_source(cam, self.site.root, self.data_dir)
+            self.pipelines.append(
+                CameraPipeline(cam, src, make_tracker(fps), PersonDown(self.site.rules.person_down))
+            )
+            src.start()
+        self._thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self._thread.start()
+        self._health_task = asyncio.create_task(self._health_loop(), name="camera-health")
+        log.info("worker: %d camera(s), detection at %.1f Hz", len(self.pipelines), fps)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        for p in self.pipelines:
+            await asyncio.to_thread(p.source.stop)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+
+    # --- health -------------------------------------------------------------------------
+
+    def health(self) -> list[CameraHealth]:
+        out = []
+        now = time.time()
+        for p in self.pipelines:
+            h = p.source.health
+            status, reason = h.status, h.reason
+            if status == "online" and h.last_frame_at is not None and (
+                now - h.last_frame_at.timestamp() > STALE_FRAME_S
+            ):
+                status, reason = "degraded", "no frame for over 5 s"
+            out.append(
+                CameraHealth(
+                    camera_id=p.camera.id, status=status, reason=reason, fps=round(h.fps, 1),
+                    frames=h.frames, dropped=h.dropped, last_frame_at=h.last_frame_at,
+                )
+            )
+        return out
+
+    async def _health_loop(self) -> None:
+        while True:
+            for msg in self.health():
+                try:
+                    await self.bus.broadcast(msg)
+                except BusError as err:
+                    log.warning("worker: health broadcast failed: %s", err)
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    # --- detection ----------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        period = 1.0 / self.site.rules.detect_fps
+        while not self._stop.is_set():
+            worked = False
+            for p in self.pipelines:
+                now = time.monotonic()
+                if now < p.next_due:
+                    continue
+                frame = p.source.slot.take()
+                if frame is None:
+                    continue
+                p.next_due = max(p.next_due + period, now)
+                worked = True
+                try:
+                    self._step(p, frame)
+                except Exception as err:  # one bad frame or camera never stops the others
+                    self.errors += 1
+                    self.last_error = f"{p.camera.id}: {type(err).__name__}: {err}"
+                    log.exception("camera %s: detection step failed", p.camera.id)
+            if not worked:
+                self._stop.wait(0.01)
+
+    def _step(self, p: CameraPipeline, frame: Frame) -> None:
+        assert self.backend is not None
+        img = frame.image()
+        t0 = time.perf_counter()
+        det = self.backend.detect(img)
+        p.infer_ms = (p.infer_ms + [(time.perf_counter() - t0) * 1000])[-50:]
+        p.inferences += 1
+        det = p.tracker.update(det, timestamp=frame.t)
+        for ev in p.person_down.update(frame.t, frame.wall, det):
+            self._publish(p, img, det, ev, frame.wall)
+
+    def _publish(self, p: CameraPipeline, img: np.ndarray, det: sv.Detections, ev: RuleEvent,
+                 wall: datetime) -> None:
+        snapshot = draw_snapshot(img, det, ev, "person_down") if ev.phase != "end" else None
+        start, end = clip_window(ev.started_wall)
+        msg = IncidentCandidate(
+            event_id=ev.event_id, phase=ev.phase, type="person_down", camera_id=p.camera.id,
+            at=wall, started_at=ev.started_wall, confidence=round(ev.confidence, 4),
+            boxes=[ev.box], frame_size=(img.shape[1], img.shape[0]), track_id=ev.track_id,
+            snapshot_jpeg=snapshot, clip_start=start, clip_end=end,
+        )
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self.bus.publish(msg), self._loop)
+        fut.result(timeout=30)
+        log.info("camera %s: person_down %s %s (conf %.2f, track %d)", p.camera.id, ev.phase,
+                 ev.event_id[:8], ev.confidence, ev.track_id)

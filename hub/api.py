@@ -1,0 +1,267 @@
+"""HTTP and WebSocket API (the stable contract; OpenAPI at ``/openapi.json``).
+
+Every endpoint except ``/api/health`` and ``/api/auth/token`` needs a bearer token.
+Errors are JSON ``{"detail": ...}``: 401 no/bad token, 403 role not allowed, 404
+unknown incident, 409 illegal state change (naming the allowed actions), 413 body too
+large, 422 invalid input (FastAPI lists each bad field).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
+from fastapi.responses import Response
+from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
+
+from hub.app import HubState, hub_state
+from hub.auth import TOKEN_TTL_S, AuthError
+from hub.config import Severity
+from hub.incidents import ActionError, Forbidden, IllegalTransition, UnknownDepartment, can_see
+from hub.models import (
+    CameraOut,
+    DepartmentOut,
+    DispatchBody,
+    Health,
+    Incident,
+    IncidentDetail,
+    IncidentList,
+    NoteBody,
+    State,
+    Token,
+    User,
+)
+from hub.store import NotFound
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+bearer = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
+
+St = Annotated[HubState, Depends(hub_state)]
+
+
+def current_user(state: St, token: Annotated[str | None, Depends(bearer)]) -> User:
+    if not token:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "not authenticated: send a bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        return state.accounts.verify(token)
+    except AuthError as err:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, str(err), headers={"WWW-Authenticate": "Bearer"}
+        ) from err
+
+
+Me = Annotated[User, Depends(current_user)]
+
+
+def _origin(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# --- health and auth ---------------------------------------------------------------
+
+
+@router.get("/api/health", response_model=Health, tags=["system"])
+async def health(state: St) -> Health:
+    """Status of each component; no authentication."""
+    store_ok = await state.store.ping()
+    bus_ok = await state.bus.ping()
+    components: dict[str, dict[str, object]] = {
+        "store": {"status": "ok" if store_ok else "down", "path": str(state.store.path)},
+        "bus": {"status": "ok" if bus_ok else "down", "kind": state.bus.name,
+                "dead_letters": state.bus.dead_letters},
+        "incidents": {
+            "status": "ok" if state.incidents.last_error is None else "degraded",
+            "candidates_processed": state.incidents.candidates_seen,
+            "error": state.incidents.last_error,
+        },
+        "websocket": {"status": "ok", "clients": len(state.clients),
+                      "dropped_slow_clients": state.clients.dropped_clients},
+    }
+    for svc in state.services:
+        report = getattr(svc, "report", None)
+        if report is not None:
+            components.update(report())
+    cams = {c.id: state.cameras.get(c.id) for c in state.site.cameras if c.enabled}
+    components["cameras"] = {
+        "status": "ok" if all(h and h.status == "online" for h in cams.values()) else "degraded",
+        "online": sum(1 for h in cams.values() if h and h.status == "online"),
+        "total": len(cams),
+    }
+    worst = "ok"
+    for name, comp in components.items():
+        if comp.get("status") == "down":
+            worst = "down" if name in ("store", "bus") else "degraded"
+            if worst == "down":
+                break
+        elif comp.get("status") != "ok":
+            worst = "degraded"
+    return Health(status=worst, components=components)  # type: ignore[arg-type]
+
+
+@router.post("/api/auth/token", response_model=Token, tags=["auth"])
+async def token(state: St, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
+    """Exchange a username and password (OAuth2 password form) for a bearer token."""
+    try:
+        user = await asyncio.to_thread(state.accounts.authenticate, form.username, form.password)
+    except AuthError as err:
+        log.warning("login failed for %r", form.username)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, str(err), headers={"WWW-Authenticate": "Bearer"}
+        ) from err
+    return Token(access_token=state.accounts.issue(user), expires_in=TOKEN_TTL_S)
+
+
+@router.get("/api/me", response_model=User, tags=["auth"])
+async def me(user: Me) -> User:
+    """The signed-in user."""
+    return user
+
+
+# --- reference data -------------------------------------------------------------------
+
+
+@router.get("/api/departments", response_model=list[DepartmentOut], tags=["reference"])
+async def departments(state: St, user: Me) -> list[DepartmentOut]:
+    """Departments that can receive dispatches, with the incident types they handle."""
+    return [DepartmentOut(**d.model_dump()) for d in state.site.departments]
+
+
+@router.get("/api/cameras", response_model=list[CameraOut], tags=["cameras"])
+async def cameras(state: St, user: Me) -> list[CameraOut]:
+    """Cameras with their live health."""
+    out = []
+    for c in state.site.cameras:
+        h = state.cameras.get(c.id)
+        out.append(
+            CameraOut(
+                id=c.id, name=c.name, grid=c.grid,
+                status=h.status if h else ("unknown" if c.enabled else "offline"),
+                reason=h.reason if h else (None if c.enabled else "disabled"),
+                fps=h.fps if h else 0.0, frames=h.frames if h else 0,
+                dropped=h.dropped if h else 0, last_frame_at=h.last_frame_at if h else None,
+            )
+        )
+    return out
+
+
+# --- incidents ------------------------------------------------------------------------
+
+
+async def _get_visible(state: HubState, user: User, incident_id: str) -> Incident:
+    try:
+        inc = await state.store.get(incident_id)
+    except NotFound as err:
+        raise HTTPException(404, f"no incident {incident_id!r}") from err
+    if not can_see(state.site, user, inc):
+        raise HTTPException(404, f"no incident {incident_id!r}")
+    return inc
+
+
+@router.get("/api/incidents", response_model=IncidentList, tags=["incidents"])
+async def list_incidents(
+    state: St,
+    user: Me,
+    state_: Annotated[State | None, Query(alias="state")] = None,
+    type: Annotated[str | None, Query(description="Incident type id.")] = None,
+    severity: Severity | None = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> IncidentList:
+    """Incidents the user may see, newest first."""
+    if type is not None and type not in state.site.incident_type_ids():
+        raise HTTPException(
+            422, f"unknown incident type {type!r}; known: "
+            f"{', '.join(sorted(state.site.incident_type_ids()))}",
+        )
+    items = await state.store.list(
+        state=state_, type=type, severity=severity, since=since, limit=limit
+    )
+    return IncidentList(items=[i for i in items if can_see(state.site, user, i)])
+
+
+@router.get("/api/incidents/{incident_id}", response_model=IncidentDetail, tags=["incidents"])
+async def get_incident(state: St, user: Me, incident_id: str) -> IncidentDetail:
+    """One incident with its whole timeline."""
+    inc = await _get_visible(state, user, incident_id)
+    return IncidentDetail(**inc.model_dump(), timeline=await state.store.timeline(inc.id))
+
+
+@router.get(
+    "/api/incidents/{incident_id}/snapshot",
+    responses={200: {"content": {"image/jpeg": {}}}},
+    response_class=Response,
+    tags=["incidents"],
+)
+async def snapshot(state: St, user: Me, incident_id: str) -> Response:
+    """The incident's snapshot (JPEG, with the detection drawn)."""
+    await _get_visible(state, user, incident_id)
+    jpeg = await state.store.snapshot(incident_id)
+    if jpeg is None:
+        raise HTTPException(404, "this incident has no snapshot")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+def _action_error(err: ActionError) -> HTTPException:
+    if isinstance(err, IllegalTransition):
+        return HTTPException(409, {"message": str(err), "allowed": err.allowed})
+    if isinstance(err, Forbidden):
+        return HTTPException(403, str(err))
+    if isinstance(err, UnknownDepartment):
+        return HTTPException(422, str(err))
+    return HTTPException(400, str(err))
+
+
+@router.post("/api/incidents/{incident_id}/dispatch", response_model=Incident, tags=["incidents"])
+async def dispatch(
+    state: St, user: Me, incident_id: str, body: DispatchBody, request: Request
+) -> Incident:
+    """Send the incident to a department (admin, operator, dispatcher)."""
+    if user.role not in ("admin", "operator", "dispatcher"):
+        raise HTTPException(403, f"role {user.role} cannot dispatch")
+    await _get_visible(state, user, incident_id)
+    try:
+        return await state.incidents.dispatch(
+            incident_id, user, body.department, body.note, _origin(request)
+        )
+    except ActionError as err:
+        raise _action_error(err) from err
+
+
+@router.post("/api/incidents/{incident_id}/accept", response_model=Incident, tags=["incidents"])
+async def accept(
+    state: St, user: Me, incident_id: str, request: Request, body: NoteBody | None = None
+) -> Incident:
+    """Accept a dispatched incident (a user of an assigned department, or admin)."""
+    if user.role not in ("admin", "department"):
+        raise HTTPException(403, f"role {user.role} cannot accept")
+    await _get_visible(state, user, incident_id)
+    try:
+        return await state.incidents.accept(
+            incident_id, user, body.note if body else None, _origin(request)
+        )
+    except ActionError as err:
+        raise _action_error(err) from err
+
+
+# --- live events ------------------------------------------------------------------------
+
+
+@router.websocket("/ws")
+async def ws(websocket: WebSocket, token: str | None = None) -> None:
+    """Live events: ``{"type": "incident.created" | "incident.updated" | ..., "data": ...}``."""
+    state: HubState = websocket.app.state.hub
+    try:
+        user = state.accounts.verify(token or "")
+    except AuthError:
+        await websocket.close(code=4401, reason="not authenticated")
+        return
+    await websocket.accept()
+    await state.clients.serve(websocket, user)
+

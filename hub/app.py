@@ -1,0 +1,191 @@
+"""The hub's FastAPI application: one explicit start order and one stop order.
+
+Start: store -> bus -> incident service -> live fan-out -> extra services (the
+detection worker in the embedded mode). Stop: the reverse. ``create_app`` is a
+factory; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hub.auth import Accounts, load_secret
+from hub.bus import Bus, CameraHealth, IncidentEvent, make_bus
+from hub.config import Site, resolve_passwords
+from hub.incidents import IncidentService, can_see
+from hub.models import Incident, User
+from hub.settings import Settings
+from hub.store import Store
+from hub.ws import Clients
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class HubState:
+    """Everything a request handler may need, built once per app."""
+
+    settings: Settings
+    site: Site
+    store: Store
+    bus: Bus
+    accounts: Accounts
+    incidents: IncidentService
+    clients: Clients
+    cameras: dict[str, CameraHealth] = field(default_factory=dict)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    services: list[Any] = field(default_factory=list)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+
+async def _fan_out(state: HubState) -> None:
+    """Bus live events -> console clients (each filtered by what its user may see)."""
+
+    async def incidents() -> None:
+        async with state.bus.listen(IncidentEvent) as events:
+            async for ev in events:
+                inc = Incident.model_validate(ev.incident)
+
+                def visible(user: User, inc: Incident = inc) -> bool:
+                    return can_see(state.site, user, inc)
+
+                state.clients.send(ev.kind, ev.incident, visible)
+
+    async def cameras() -> None:
+        async with state.bus.listen(CameraHealth) as events:
+            async for ev in events:
+                state.cameras[ev.camera_id] = ev
+                state.clients.send(
+                    "camera.health", ev.model_dump(mode="json"),
+                    lambda u: u.role not in ("department", "patrol"),
+                )
+
+    await asyncio.gather(incidents(), cameras())
+
+
+class BodyLimit:
+    """Reject request bodies over ``limit`` bytes with 413 before reading them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            resp = JSONResponse(
+                {"detail": f"request body over {self.limit} bytes"}, status_code=413
+            )
+            await resp(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            resp = JSONResponse(
+                {"detail": f"request body over {self.limit} bytes"}, status_code=413
+            )
+            await resp(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: Settings,
+    site: Site,
+    *,
+    services: list[Callable[[HubState], Service]] | None = None,
+    routers: list[Callable[[FastAPI], None]] | None = None,
+) -> FastAPI:
+    """Build the hub app. ``services`` are started after the hub, stopped before it."""
+    from hub.api import router as api_router
+
+    passwords = resolve_passwords(site)  # raises ConfigError on weak passwords
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.data_dir / "gridhub.sqlite3")
+        await store.open()
+        bus = make_bus(settings.redis_url, prefix=settings.redis_prefix)
+        await bus.start()
+        accounts = await asyncio.to_thread(
+            Accounts, site, passwords, load_secret(settings.data_dir)
+        )
+        state = HubState(
+            settings=settings, site=site, store=store, bus=bus, accounts=accounts,
+            incidents=IncidentService(site, store, bus), clients=Clients(),
+        )
+        app.state.hub = state
+        state.tasks["incidents"] = asyncio.create_task(state.incidents.run(), name="incidents")
+        state.tasks["fan-out"] = asyncio.create_task(_fan_out(state), name="fan-out")
+        try:
+            for make in services or []:
+                svc = make(state)
+                await svc.start()
+                state.services.append(svc)
+            log.info("hub: started (%s bus, %s)", bus.name, settings.data_dir)
+            yield
+        finally:
+            for svc in reversed(state.services):
+                try:
+                    await svc.stop()
+                except Exception:
+                    log.exception("hub: stopping %s failed", type(svc).__name__)
+            for task in state.tasks.values():
+                task.cancel()
+            for task in state.tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await bus.close()
+            await store.close()
+            log.info("hub: stopped")
+
+    app = FastAPI(
+        title="GridHub",
+        version="0.1.0",
+        summary="Command-center hub for city grid management",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.include_router(api_router)
+    for add in routers or []:
+        add(app)
+    return app
+
+
+def hub_state(request: Request) -> HubState:
+    state: HubState = request.app.state.hub
+    return state
+

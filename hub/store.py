@@ -1,0 +1,351 @@
+"""Durable store for incidents, their timelines and snapshots (SQLite, WAL, full sync).
+
+Every write is one transaction committed to disk before the caller is answered, so an
+acknowledged action survives ``kill -9``. All SQLite work runs on one dedicated thread
+(one connection), never on the event loop.
+
+Exceptions::
+
+    StoreError
+     +-- NotFound          no incident with that id
+     +-- Conflict          the incident changed state under the caller (retry or 409)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hub.models import Incident, TimelineEntry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    event_id TEXT UNIQUE,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    grid_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_created ON incidents (created_at);
+CREATE TABLE IF NOT EXISTS timeline (
+    incident_id TEXT NOT NULL REFERENCES incidents (id),
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (incident_id, seq)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+    at TEXT NOT NULL,
+    jpeg BLOB NOT NULL
+);
+"""
+
+GENESIS = "0" * 64
+
+
+class StoreError(Exception):
+    """The store could not do what was asked."""
+
+
+class NotFound(StoreError):
+    """No incident with that id."""
+
+
+class Conflict(StoreError):
+    """The incident is not in the state the caller expected."""
+
+
+def entry_hash(prev_hash: str, incident_id: str, entry: dict[str, Any]) -> str:
+    """Hash chaining one timeline entry to the one before it."""
+    body = json.dumps(
+        {"incident": incident_id, **entry}, sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+class Store:
+    """SQLite store; async methods run the work on the store's own thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {row[0]} is newer than this GridHub "
+                f"({SCHEMA_VERSION}); upgrade GridHub"
+            )
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._ex.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda: self.db.execute("SELECT 1").fetchone())
+        except (sqlite3.Error, StoreError):
+            return False
+        return True
+
+    # --- writes ------------------------------------------------------------
+
+    def _append(self, incident_id: str, entry: dict[str, Any]) -> TimelineEntry:
+        row = self.db.execute(
+            "SELECT seq, hash FROM timeline WHERE incident_id=? ORDER BY seq DESC LIMIT 1",
+            (incident_id,),
+        ).fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        at = entry["at"]
+        entry = {**entry, "seq": seq, "at": at.isoformat() if isinstance(at, datetime) else at}
+        h = entry_hash(prev, incident_id, entry)
+        self.db.execute(
+            "INSERT INTO timeline VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                incident_id,
+                seq,
+                entry["at"],
+                entry["actor"],
+                entry["action"],
+                entry.get("from_state"),
+                entry.get("to_state"),
+                json.dumps(entry.get("detail", {}), ensure_ascii=False, default=str),
+                prev,
+                h,
+            ),
+        )
+        return TimelineEntry.model_validate({**entry, "hash": h})
+
+    def _write(
+        self,
+        inc: Incident,
+        *,
+        insert: bool,
+        event_id: str | None,
+        entry: dict[str, Any] | None,
+        snapshot: tuple[datetime, bytes] | None,
+        expect_state: str | None,
+    ) -> TimelineEntry | None:
+        db = self.db
+        doc = inc.model_dump_json()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if insert:
+                db.execute(
+                    "INSERT INTO incidents VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        inc.id,
+                        event_id,
+                        inc.type,
+                        inc.state,
+                        inc.severity,
+                        inc.grid_id,
+                        inc.created_at.isoformat(),
+                        inc.updated_at.isoformat(),
+                        doc,
+                    ),
+                )
+            else:
+                sql = (
+                    "UPDATE incidents SET state=?, severity=?, grid_id=?, updated_at=?, doc=? "
+                    "WHERE id=?"
+                )
+                args: list[Any] = [
+                    inc.state,
+                    inc.severity,
+                    inc.grid_id,
+                    inc.updated_at.isoformat(),
+                    doc,
+                    inc.id,
+                ]
+                if expect_state is not None:
+                    sql += " AND state=?"
+                    args.append(expect_state)
+                if db.execute(sql, args).rowcount != 1:
+                    raise Conflict(f"incident {inc.id} changed while being updated")
+            written = self._append(inc.id, entry) if entry is not None else None
+            if snapshot is not None:
+                db.execute(
+                    "INSERT INTO snapshots VALUES (?,?,?) ON CONFLICT (incident_id) "
+                    "DO UPDATE SET at=excluded.at, jpeg=excluded.jpeg",
+                    (inc.id, snapshot[0].isoformat(), snapshot[1]),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return written
+
+    async def insert(
+        self,
+        inc: Incident,
+        *,
+        event_id: str | None,
+        entry: dict[str, Any],
+        snapshot: tuple[datetime, bytes] | None = None,
+    ) -> TimelineEntry | None:
+        """Create an incident with its first timeline entry, atomically."""
+        return await self._run(
+            lambda: self._write(
+                inc, insert=True, event_id=event_id, entry=entry, snapshot=snapshot,
+                expect_state=None,
+            )
+        )
+
+    async def update(
+        self,
+        inc: Incident,
+        *,
+        entry: dict[str, Any] | None = None,
+        snapshot: tuple[datetime, bytes] | None = None,
+        expect_state: str | None = None,
+    ) -> TimelineEntry | None:
+        """Replace an incident (only if still in ``expect_state``) and append to its timeline."""
+        return await self._run(
+            lambda: self._write(
+                inc, insert=False, event_id=None, entry=entry, snapshot=snapshot,
+                expect_state=expect_state,
+            )
+        )
+
+    # --- reads ---------------------------------------------------------------
+
+    async def get(self, incident_id: str) -> Incident:
+        row = await self._run(
+            lambda: self.db.execute(
+                "SELECT doc FROM incidents WHERE id=?", (incident_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(incident_id)
+        return Incident.model_validate_json(row[0])
+
+    async def by_event(self, event_id: str) -> Incident | None:
+        row = await self._run(
+            lambda: self.db.execute(
+                "SELECT doc FROM incidents WHERE event_id=?", (event_id,)
+            ).fetchone()
+        )
+        return None if row is None else Incident.model_validate_json(row[0])
+
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        type: str | None = None,
+        severity: str | None = None,
+        since: datetime | None = None,
+        limit: int = 200,
+    ) -> list[Incident]:
+        where, args = [], []
+        for col, val in (("state", state), ("type", type), ("severity", severity)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if since is not None:
+            where.append("created_at>=?")
+            args.append(since.isoformat())
+        sql = "SELECT doc FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        rows = await self._run(lambda: self.db.execute(sql, args).fetchall())
+        return [Incident.model_validate_json(r[0]) for r in rows]
+
+    async def timeline(self, incident_id: str) -> list[TimelineEntry]:
+        rows = await self._run(
+            lambda: self.db.execute(
+                "SELECT seq, at, actor, action, from_state, to_state, detail, hash "
+                "FROM timeline WHERE incident_id=? ORDER BY seq",
+                (incident_id,),
+            ).fetchall()
+        )
+        return [
+            TimelineEntry(
+                seq=r[0], at=r[1], actor=r[2], action=r[3], from_state=r[4], to_state=r[5],
+                detail=json.loads(r[6]), hash=r[7],
+            )
+            for r in rows
+        ]
+
+    async def snapshot(self, incident_id: str) -> bytes | None:
+        row = await self._run(
+            lambda: self.db.execute(
+                "SELECT jpeg FROM snapshots WHERE incident_id=?", (incident_id,)
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def verify_chain(self) -> list[str]:
+        """Problems in the hash chain of every timeline (empty when intact). Sync; CLI use."""
+        problems: list[str] = []
+        cur = self.db.execute(
+            "SELECT incident_id, seq, at, actor, action, from_state, to_state, detail, "
+            "prev_hash, hash FROM timeline ORDER BY incident_id, seq"
+        )
+        last: dict[str, str] = {}
+        for inc_id, seq, at, actor, action, fs, ts, detail, prev, h in cur:
+            expect_prev = last.get(inc_id, GENESIS)
+            entry = {
+                "seq": seq, "at": at, "actor": actor, "action": action,
+                "from_state": fs, "to_state": ts, "detail": json.loads(detail),
+            }
+            if prev != expect_prev:
+                problems.append(f"{inc_id} #{seq}: previous hash does not match")
+            if entry_hash(prev, inc_id, entry) != h:
+                problems.append(f"{inc_id} #{seq}: entry was altered")
+            last[inc_id] = h
+        return problems

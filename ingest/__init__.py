@@ -1,0 +1,36 @@
+"""Ingest: video sources in, latest decoded frames (and later encoded packets) out.
+
+Owns the sources: files played as cameras and the built-in demo scene today; RTSP
+cameras and WHIP patrol streams next. A source never raises into its owner: it goes
+offline with a reason and retries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub.config import CameraConfig, DemoSceneSourceConfig, FileSourceConfig
+from ingest.file_source import FileSource, SourceHealth
+from ingest.frames import Frame, LatestFrame
+
+__all__ = ["FileSource", "Frame", "LatestFrame", "SourceHealth", "make_source"]
+
+
+def make_source(cam: CameraConfig, config_root: Path, data_dir: Path) -> FileSource:
+    """The source for a camera's configuration (not started)."""
+    slot = LatestFrame()
+    src = cam.source
+    if isinstance(src, FileSourceConfig):
+        path = Path(src.path)
+        path = path if path.is_absolute() else config_root / path
+        return FileSource(cam.id, path, slot, loop=src.loop, realtime=src.realtime)
+    if isinstance(src, DemoSceneSourceConfig):
+        out = data_dir / "demo" / f"scene_{src.width}x{src.height}_{src.fps}.mp4"
+
+        def build() -> Path:
+            from ingest.demo_scene import build_demo_scene
+
+            return build_demo_scene(out, width=src.width, height=src.height, fps=src.fps)
+
+        return FileSource(cam.id, build, slot, loop=True, realtime=True)
+    raise ValueError(f"camera {cam.id}: unsupported source {src!r}")

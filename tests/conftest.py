@@ -1,0 +1,66 @@
+"""Shared fixtures: real servers on port 0, the real Redis, demo configuration copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo"
+REDIS_URL = os.environ.get("GRIDHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+
+def redis_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def demo_config(tmp_path: Path) -> Path:
+    """A writable copy of the demo configuration."""
+    dst = tmp_path / "config"
+    shutil.copytree(DEMO, dst)
+    return dst
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix on the real Redis, deleted afterwards."""
+    if not redis_available():
+        pytest.fail("Redis is not running at 127.0.0.1:6379 (make test starts it)")
+    prefix = f"gridhub-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    for key in r.scan_iter(f"{prefix}:*"):
+        r.delete(key)
+    r.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    """Each bus implementation, started; the Redis one on the real server."""
+    from hub.bus import make_bus
+
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        b = make_bus(REDIS_URL, prefix=prefix)
+    else:
+        b = make_bus(None)
+    await b.start()
+    yield b
+    await b.close()

@@ -1,0 +1,118 @@
+"""The bus contract, run against the in-memory bus and the real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from hub.bus import Bus, CameraHealth, IncidentCandidate, IncidentEvent
+
+
+def candidate(n: int, **kw: object) -> IncidentCandidate:
+    now = datetime.now(UTC)
+    fields: dict[str, object] = dict(
+        event_id=f"ev-{n}", phase="start", type="person_down", camera_id="cam-1", at=now,
+        started_at=now, confidence=0.5 + n / 100, boxes=[(1.0, 2.0, 3.0, 4.0)],
+        frame_size=(640, 480), track_id=n, snapshot_jpeg=b"\xff\xd8jpeg\x00bytes",
+    )
+    fields.update(kw)
+    return IncidentCandidate.model_validate(fields)
+
+
+async def test_published_before_consumer_exists_is_delivered(bus: Bus) -> None:
+    """A durable message published before any consumer group exists is still delivered."""
+    await bus.publish(candidate(1))
+    got = await bus.consume(IncidentCandidate, "g", "c1", block_s=1)
+    assert [d.message.event_id for d in got] == ["ev-1"]
+
+
+async def test_message_round_trips_typed(bus: Bus) -> None:
+    """Every field, including bytes and datetimes, comes back equal and typed."""
+    sent = candidate(7)
+    await bus.publish(sent)
+    (d,) = await bus.consume(IncidentCandidate, "g", "c1", block_s=1)
+    assert d.message == sent
+    assert isinstance(d.message, IncidentCandidate)
+
+
+async def test_order_is_kept(bus: Bus) -> None:
+    """Messages arrive in the order they were published."""
+    for i in range(5):
+        await bus.publish(candidate(i))
+    got: list[str] = []
+    while len(got) < 5:
+        got += [d.message.event_id for d in await bus.consume(IncidentCandidate, "g", "c", count=2)]
+    assert got == [f"ev-{i}" for i in range(5)]
+
+
+async def test_each_group_gets_every_message_and_consumers_share(bus: Bus) -> None:
+    """Two groups each get all messages; two consumers in one group split them."""
+    for i in range(4):
+        await bus.publish(candidate(i))
+    a = await bus.consume(IncidentCandidate, "ga", "x", count=10)
+    b1 = await bus.consume(IncidentCandidate, "gb", "y1", count=2)
+    b2 = await bus.consume(IncidentCandidate, "gb", "y2", count=10)
+    assert len(a) == 4
+    assert sorted(d.message.event_id for d in b1 + b2) == [f"ev-{i}" for i in range(4)]
+    assert not {d.id for d in b1} & {d.id for d in b2}
+
+
+async def test_unacked_message_is_claimed_by_another_consumer(bus: Bus) -> None:
+    """A message a consumer took but never acked (it died) is taken over, then not after ack."""
+    await bus.publish(candidate(1))
+    (d,) = await bus.consume(IncidentCandidate, "g", "dead", block_s=1)
+    assert await bus.consume(IncidentCandidate, "g", "live", block_s=0.2) == []
+    claimed = await bus.claim_stale(IncidentCandidate, "g", "live", min_idle_s=0)
+    assert [c.message.event_id for c in claimed] == ["ev-1"]
+    await bus.ack(IncidentCandidate, "g", [claimed[0].id])
+    assert await bus.claim_stale(IncidentCandidate, "g", "live", min_idle_s=0) == []
+
+
+async def test_recent_unacked_message_is_not_claimed(bus: Bus) -> None:
+    """A delivery younger than min_idle_s stays with its consumer."""
+    await bus.publish(candidate(1))
+    await bus.consume(IncidentCandidate, "g", "busy", block_s=1)
+    assert await bus.claim_stale(IncidentCandidate, "g", "other", min_idle_s=60) == []
+
+
+async def test_consume_blocks_until_a_message_arrives(bus: Bus) -> None:
+    """A blocked consume returns as soon as something is published."""
+    task = asyncio.create_task(bus.consume(IncidentCandidate, "g", "c", block_s=5))
+    await asyncio.sleep(0.1)
+    await bus.publish(candidate(3))
+    got = await asyncio.wait_for(task, 5)
+    assert [d.message.event_id for d in got] == ["ev-3"]
+
+
+async def test_consume_times_out_empty(bus: Bus) -> None:
+    """With nothing published, consume returns an empty list after block_s."""
+    assert await bus.consume(IncidentCandidate, "g", "c", block_s=0.2) == []
+
+
+async def test_broadcast_reaches_every_listener(bus: Bus) -> None:
+    """A live message reaches all current listeners of its topic, and only that topic."""
+    ev = IncidentEvent(kind="incident.created", incident={"id": "inc_1", "type": "person_down"})
+    async with bus.listen(IncidentEvent) as l1, bus.listen(IncidentEvent) as l2, \
+            bus.listen(CameraHealth) as other:
+        await bus.broadcast(ev)
+        got1 = await asyncio.wait_for(anext(l1), 5)
+        got2 = await asyncio.wait_for(anext(l2), 5)
+        assert got1 == ev and got2 == ev
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(other), 0.3)
+
+
+async def test_broadcast_without_listeners_is_not_kept(bus: Bus) -> None:
+    """Live fan-out is at-most-once: a listener that joins later does not get old messages."""
+    await bus.broadcast(CameraHealth(camera_id="c", status="online"))
+    async with bus.listen(CameraHealth) as later:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(later), 0.3)
+
+
+def test_message_rejects_unknown_fields() -> None:
+    """Bus messages are strict: an unknown field is an error, not silently dropped."""
+    with pytest.raises(ValueError):
+        IncidentCandidate.model_validate({**candidate(1).model_dump(), "colour": "red"})
