@@ -37,7 +37,9 @@ STALE_FRAME_S = 5.0
 def make_tracker(detect_fps: float) -> ByteTrackTracker:
     return ByteTrackTracker(
         frame_rate=detect_fps,
-        lost_track_buffer=max(4, int(detect_fps * 4)),  # keep ~4 s of lost track memory
+        # ByteTrack keeps a lost track for int(frame_rate / 30 * lost_track_buffer) updates,
+        # so 120 keeps it for about 4 s whatever the detection rate.
+        lost_track_buffer=120,
         track_activation_threshold=0.4,
         high_conf_det_threshold=0.5,
         minimum_consecutive_frames=1,

@@ -324,19 +324,28 @@ def load_config(root: Path | str) -> Site:
         except ValidationError as err:
             for e in err.errors():
                 issues.append(ConfigIssue(name, _loc(e["loc"]), e["msg"]))
-    if len(parsed) == len(FILES):
-        site = Site(
-            root=root.resolve(),
-            site=parsed["site.yaml"],
-            grids=parsed["grids.yaml"].grids,
-            cameras=parsed["cameras.yaml"].cameras,
-            departments=parsed["departments.yaml"].departments,
-            users=parsed["users.yaml"].users,
-            rules=parsed["rules.yaml"],
-        )
-        issues.extend(_cross_check(site))
-        if not issues:
-            return site
+    failed = {name for name in FILES if name not in parsed}
+    placeholders: dict[str, Any] = {
+        "site.yaml": SiteConfig.model_construct(name="", demo=False, incident_types=[]),
+        "grids.yaml": GridsFile.model_construct(grids=[]),
+        "cameras.yaml": CamerasFile.model_construct(cameras=[]),
+        "departments.yaml": DepartmentsFile.model_construct(departments=[]),
+        "users.yaml": UsersFile.model_construct(users=[]),
+    }
+    got = {**placeholders, **parsed}
+    site = Site(
+        root=root.resolve(),
+        site=got["site.yaml"],
+        grids=got["grids.yaml"].grids,
+        cameras=got["cameras.yaml"].cameras,
+        departments=got["departments.yaml"].departments,
+        users=got["users.yaml"].users,
+        rules=got.get("rules.yaml") or RulesFile(),
+    )
+    # Cross-file checks run on whatever parsed, skipping those that need a broken file.
+    issues.extend(_cross_check(site, failed))
+    if not issues:
+        return site
     raise ConfigError(issues)
 
 
@@ -350,8 +359,11 @@ def _duplicates(ids: list[str]) -> list[tuple[int, str]]:
     return out
 
 
-def _cross_check(site: Site) -> list[ConfigIssue]:
+def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
+    grids_ok = "grids.yaml" not in failed
+    types_ok = "site.yaml" not in failed
+    deps_ok = "departments.yaml" not in failed
     types = site.incident_type_ids()
     grid_ids = {g.id for g in site.grids}
     dep_ids = {d.id for d in site.departments}
@@ -367,7 +379,7 @@ def _cross_check(site: Site) -> list[ConfigIssue]:
             issues.append(ConfigIssue(file, f"{key}[{i}]", f"duplicate id {v!r}"))
 
     roots = [g for g in site.grids if g.parent is None]
-    if len(roots) != 1:
+    if grids_ok and len(roots) != 1:
         issues.append(
             ConfigIssue("grids.yaml", "grids", f"need exactly one root grid, found {len(roots)}")
         )
@@ -390,7 +402,7 @@ def _cross_check(site: Site) -> list[ConfigIssue]:
             issues.append(ConfigIssue("grids.yaml", f"grids[{i}].parent", "cycle in the grid tree"))
 
     for i, c in enumerate(site.cameras):
-        if c.grid not in grid_ids:
+        if grids_ok and c.grid not in grid_ids:
             issues.append(
                 ConfigIssue("cameras.yaml", f"cameras[{i}].grid", f"unknown grid {c.grid!r}")
             )
@@ -404,7 +416,7 @@ def _cross_check(site: Site) -> list[ConfigIssue]:
 
     for i, d in enumerate(site.departments):
         for j, t in enumerate(d.handles):
-            if t not in types:
+            if types_ok and t not in types:
                 issues.append(
                     ConfigIssue(
                         "departments.yaml",
@@ -418,13 +430,13 @@ def _cross_check(site: Site) -> list[ConfigIssue]:
             issues.append(
                 ConfigIssue("users.yaml", f"users[{i}].department", "required for role department")
             )
-        if u.department is not None and u.department not in dep_ids:
+        if deps_ok and u.department is not None and u.department not in dep_ids:
             issues.append(
                 ConfigIssue(
                     "users.yaml", f"users[{i}].department", f"unknown department {u.department!r}"
                 )
             )
-        if u.grid is not None and u.grid not in grid_ids:
+        if grids_ok and u.grid is not None and u.grid not in grid_ids:
             issues.append(ConfigIssue("users.yaml", f"users[{i}].grid", f"unknown grid {u.grid!r}"))
         if u.password_env and u.password_hash:
             issues.append(
@@ -432,7 +444,7 @@ def _cross_check(site: Site) -> list[ConfigIssue]:
             )
 
     for i, r in enumerate(site.rules.severity):
-        if r.type not in types:
+        if types_ok and r.type not in types:
             issues.append(
                 ConfigIssue("rules.yaml", f"severity[{i}].type", f"unknown incident type {r.type!r}")
             )
