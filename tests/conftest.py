@@ -64,3 +64,50 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     await b.start()
     yield b
     await b.close()
+
+
+class RunningHub:
+    """A real uvicorn serving the whole app on 127.0.0.1:<random port>."""
+
+    def __init__(self, app: object, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+
+    @property
+    def state(self) -> object:
+        return self.app.state.hub  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """The hub (API, console, bus, store) on a real uvicorn on port 0, without cameras."""
+    import asyncio
+
+    import uvicorn
+
+    from hub.cli import build_app
+    from hub.config import load_config
+    from hub.settings import Settings
+
+    site = load_config(demo_config)
+    settings = Settings(
+        config_dir=demo_config, data_dir=tmp_path / "data", port=0, with_worker=False,
+        max_body_bytes=64 * 1024,
+    )
+    app = build_app(settings, site)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(30):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    yield RunningHub(app, sock.getsockname()[1])
+    server.should_exit = True
+    await asyncio.wait_for(task, 30)
+    sock.close()
