@@ -84,11 +84,13 @@ class CameraPipeline:
 class Worker:
     """Runs the sources and the detection loop of a site's cameras."""
 
-    def __init__(self, site: Site, bus: Bus, data_dir: Path) -> None:
+    def __init__(
+        self, site: Site, bus: Bus, data_dir: Path, backend: Backend | None = None
+    ) -> None:
         self.site = site
         self.bus = bus
         self.data_dir = data_dir
-        self.backend: Backend | None = None
+        self.backend = backend
         self.pipelines: list[CameraPipeline] = []
         self.errors = 0
         self.last_error: str | None = None

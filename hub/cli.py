@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from fastapi import FastAPI
 
 from hub.config import ConfigError, Site, load_config, resolve_passwords
 from hub.settings import Settings
@@ -44,8 +45,11 @@ def _load(config: Path, *, check_passwords: bool = True) -> Site:
     return site
 
 
-def build_app(settings: Settings, site: Site):  # type: ignore[no-untyped-def]
-    """The whole process: hub API, console pages and (embedded) the detection worker."""
+def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
+    """The whole process: hub API, console pages and (embedded) the detection worker.
+
+    ``backend``: an already loaded model backend to reuse (else the worker loads it).
+    """
     from console.server import mount_console
     from hub.app import HubState, create_app
 
@@ -54,7 +58,7 @@ def build_app(settings: Settings, site: Site):  # type: ignore[no-untyped-def]
         from detectors.worker import Worker
 
         def worker(state: HubState) -> Worker:
-            return Worker(state.site, state.bus, settings.data_dir)
+            return Worker(state.site, state.bus, settings.data_dir, backend=backend)
 
         services.append(worker)
     return create_app(settings, site, services=services, routers=[mount_console])
@@ -95,13 +99,14 @@ def run(
 
     _logging(log_level)
     site = _load(config)
+    backend = None
     if worker and site.cameras:
         try:
-            make_backend(site.rules.detector, site.root)  # fail now, not after start-up
+            backend = make_backend(site.rules.detector, site.root)  # fail now, not later
         except ModelError as err:
             _fail([f"model error: {err}"])
     settings = Settings.from_env(config, data, host=host, port=port, with_worker=worker)
-    app = build_app(settings, site)
+    app = build_app(settings, site, backend)
     if site.site.demo:
         pw = "GRIDHUB_DEMO_PASSWORD" if os.environ.get("GRIDHUB_DEMO_PASSWORD") else "demo"
         shown = "$GRIDHUB_DEMO_PASSWORD" if pw != "demo" else "demo"
