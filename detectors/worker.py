@@ -156,6 +156,23 @@ class Worker:
             )
         return out
 
+    def report(self) -> dict[str, dict[str, object]]:
+        """Detector figures for /api/health."""
+        ms = sorted(m for p in self.pipelines for m in p.infer_ms)
+        alive = self._thread is not None and self._thread.is_alive()
+        return {
+            "detector": {
+                "status": "ok" if alive and self.backend is not None else "down",
+                "model": getattr(self.backend, "path", None) and str(getattr(self.backend, "path")),
+                "detect_fps": self.site.rules.detect_fps,
+                "inferences": sum(p.inferences for p in self.pipelines),
+                "infer_ms_p50": round(ms[len(ms) // 2], 1) if ms else None,
+                "errors": self.errors,
+                "last_error": self.last_error,
+                "active_person_down_events": sum(p.person_down.active for p in self.pipelines),
+            }
+        }
+
     async def _health_loop(self) -> None:
         while True:
             for msg in self.health():

@@ -91,7 +91,7 @@ _PEOPLE = (
         box=(216, 393, 349, 889),
         outline=(
             (50, 15), (92, 14), (97, 45), (95, 80), (110, 92), (125, 130), (124, 165),
-            (118, 178), (118, 300), (115, 340), (95, 372), (80, 400), (78, 425), (76, 440),
+            (116, 172), (104, 180), (108, 192), (118, 198), (118, 300), (115, 340), (95, 372), (80, 400), (78, 425), (76, 440),
             (78, 468), (45, 470), (40, 430), (33, 380), (28, 320), (12, 315), (14, 290),
             (20, 240), (19, 170), (15, 130), (22, 105), (55, 90), (50, 60),
         ),
@@ -219,6 +219,14 @@ def _min_seam(cost: np.ndarray) -> np.ndarray:
 def _widen(strip: np.ndarray, width: int, overlap: int = _SEAM_OVERLAP) -> np.ndarray:
     """Repeat a strip sideways up to ``width``, joining copies along low-difference seams."""
     src = strip.astype(np.float32)
+    # Even out the light between the strip's two ends (a ramp of gains across it), so a
+    # copy joins the end of the previous one without a step in brightness or tint.
+    k = min(60, src.shape[1] // 4)
+    ends = [cv2.GaussianBlur(src[:, sl].mean(axis=1, keepdims=True), (0, 0), 12.0) + 1.0
+            for sl in (slice(0, k), slice(-k, None))]
+    target = (ends[0] + ends[1]) / 2.0
+    ramp = np.linspace(0.0, 1.0, src.shape[1], dtype=np.float32)[None, :, None]
+    src = src * ((target / ends[0]) * (1.0 - ramp) + (target / ends[1]) * ramp)
     out = src
     while out.shape[1] < width:
         a, b = out[:, -overlap:], src[:, :overlap]
@@ -402,10 +410,10 @@ def _render(t: float, bg: np.ndarray, cuts: tuple[Cutout, ...], mirrored: tuple[
                 0.035 * body + 0.05 * body * abs(math.sin(a)), 0.35)
         frame = compose(frame, cut, center_x=pose.center_x, ground_y=pose.ground_y,
                         height_px=pose.height_px, angle_deg=pose.angle_deg)
-    noise = rng.integers(0, 4, size=(h, w, 1), dtype=np.uint8)
-    frame = cv2.add(frame, np.repeat(noise, 3, axis=2))
-    noise = rng.integers(0, 4, size=(h, w, 1), dtype=np.uint8)
-    return cv2.subtract(frame, np.repeat(noise, 3, axis=2))
+    # Sensor noise: small, grey, different in every frame.
+    up = cv2.cvtColor(rng.integers(0, 4, size=(h, w), dtype=np.uint8), cv2.COLOR_GRAY2BGR)
+    down = cv2.cvtColor(rng.integers(0, 4, size=(h, w), dtype=np.uint8), cv2.COLOR_GRAY2BGR)
+    return cv2.subtract(cv2.add(frame, up), down)
 
 
 def _sidecar(out_path: Path) -> Path:

@@ -111,3 +111,103 @@ async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[Running
     server.should_exit = True
     await asyncio.wait_for(task, 30)
     sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HubProcess:
+    """``gridhub run`` as a child process (the real thing, as a user starts it)."""
+
+    def __init__(self, config: Path, data: Path, log: Path) -> None:
+        self.config, self.data, self.log_path = config, data, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: object = None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "run", "--config", str(self.config), "--data",
+             str(self.data), "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:  # type: ignore[attr-defined]
+                raise RuntimeError(f"gridhub exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gridhub did not answer:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+        self.proc.wait(10)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:  # type: ignore[attr-defined]
+            self.proc.terminate()  # type: ignore[attr-defined]
+            try:
+                self.proc.wait(20)  # type: ignore[attr-defined]
+            except Exception:
+                self.kill()
+        self._log.close()
+
+    def token(self, user: str, pw: str = "demo") -> str:
+        import httpx
+
+        r = httpx.post(f"{self.url}/api/auth/token", data={"username": user, "password": pw})
+        r.raise_for_status()
+        return str(r.json()["access_token"])
+
+    def wait_incident(self, token: str, timeout: float = 120) -> dict[str, object]:
+        """Wait (on the WebSocket) for the first incident the real detector raises."""
+        import json
+
+        import httpx
+        from websockets.sync.client import connect
+
+        items = httpx.get(f"{self.url}/api/incidents", headers={"Authorization": f"Bearer {token}"}
+                          ).json()["items"]
+        if items:
+            return dict(items[0])
+        with connect(f"ws://127.0.0.1:{self.port}/ws?token={token}", open_timeout=10) as ws:
+            import time
+
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no incident:\n{self.log_path.read_text()[-3000:]}")
+                ev = json.loads(ws.recv(timeout=left))
+                if ev["type"] == "incident.created":
+                    return dict(ev["data"])
+
+
+@pytest.fixture
+def demo_process(tmp_path: Path) -> Iterator[HubProcess]:
+    """The demo as `make demo` runs it (demo config, real detector), on a free port."""
+    p = HubProcess(DEMO, tmp_path / "data", tmp_path / "gridhub.log")
+    p.start()
+    yield p
+    p.stop()
