@@ -91,7 +91,8 @@ class PersonDown:
         down: dict[int, tuple[Box, float]] = {}
         for i in range(len(det)):
             if meaning[i] == "person_down" and ids[i] >= 0:
-                down[int(ids[i])] = (tuple(float(v) for v in det.xyxy[i]), float(conf[i]))  # type: ignore[misc]
+                x1, y1, x2, y2 = (float(v) for v in det.xyxy[i])
+                down[int(ids[i])] = ((x1, y1, x2, y2), float(conf[i]))
 
         for tid, (box, c) in down.items():
             tr = self._tracks.get(tid)

@@ -163,7 +163,7 @@ class Worker:
         return {
             "detector": {
                 "status": "ok" if alive and self.backend is not None else "down",
-                "model": getattr(self.backend, "path", None) and str(getattr(self.backend, "path")),
+                "model": str(getattr(self.backend, "path", "")) or None,
                 "detect_fps": self.site.rules.detect_fps,
                 "inferences": sum(p.inferences for p in self.pipelines),
                 "infer_ms_p50": round(ms[len(ms) // 2], 1) if ms else None,

@@ -102,7 +102,7 @@ async def health(state: St) -> Health:
                 break
         elif comp.get("status") != "ok":
             worst = "degraded"
-    return Health(status=worst, components=components)  # type: ignore[arg-type]
+    return Health(status=worst, components=components)
 
 
 @router.post("/api/auth/token", response_model=Token, tags=["auth"])
@@ -180,7 +180,7 @@ async def list_incidents(
             422, f"unknown incident type {type!r}; known: "
             f"{', '.join(sorted(state.site.incident_type_ids()))}",
         )
-    items = await state.store.list(
+    items = await state.store.query(
         state=state_, type=type, severity=severity, since=since, limit=limit
     )
     return IncidentList(items=[i for i in items if can_see(state.site, user, i)])

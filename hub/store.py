@@ -280,7 +280,7 @@ class Store:
         )
         return None if row is None else Incident.model_validate_json(row[0])
 
-    async def list(
+    async def query(
         self,
         *,
         state: str | None = None,
@@ -289,7 +289,8 @@ class Store:
         since: datetime | None = None,
         limit: int = 200,
     ) -> list[Incident]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, val in (("state", state), ("type", type), ("severity", severity)):
             if val is not None:
                 where.append(f"{col}=?")

@@ -33,6 +33,8 @@ import importlib.metadata
 import json
 import math
 import os
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +93,8 @@ _PEOPLE = (
         box=(216, 393, 349, 889),
         outline=(
             (50, 15), (92, 14), (97, 45), (95, 80), (110, 92), (125, 130), (124, 165),
-            (116, 172), (104, 180), (108, 192), (118, 198), (118, 300), (115, 340), (95, 372), (80, 400), (78, 425), (76, 440),
+            (116, 172), (104, 180), (108, 192), (118, 198), (118, 300), (115, 340),
+            (95, 372), (80, 400), (78, 425), (76, 440),
             (78, 468), (45, 470), (40, 430), (33, 380), (28, 320), (12, 315), (14, 290),
             (20, 240), (19, 170), (15, 130), (22, 105), (55, 90), (50, 60),
         ),
@@ -110,6 +113,7 @@ _FACADE_ROWS = (0, 190)  # rectified rows: building above the bus roof
 _PAVEMENT_ROWS = (845, 1185)  # rectified rows: pavement below the bollards
 _PAVEMENT_COLS = (478, 1015)  # rectified columns of the pavement that no one stands on
 _SEAM_OVERLAP = 90
+_BUILD_LOCK = threading.Lock()  # one build at a time; a waiting caller then reuses it
 
 
 def asset_path(name: str) -> Path:
@@ -157,7 +161,7 @@ def _cut(spec: _PersonSpec) -> Cutout:
     mask[cv2.erode(drawn, k, iterations=5) > 0] = cv2.GC_FGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means
-    cv2.grabCut(crop, mask, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(crop, mask, (0, 0, 0, 0), bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg)
     if n > 1:  # keep the person, drop specks
@@ -222,8 +226,11 @@ def _widen(strip: np.ndarray, width: int, overlap: int = _SEAM_OVERLAP) -> np.nd
     # Even out the light between the strip's two ends (a ramp of gains across it), so a
     # copy joins the end of the previous one without a step in brightness or tint.
     k = min(60, src.shape[1] // 4)
-    ends = [cv2.GaussianBlur(src[:, sl].mean(axis=1, keepdims=True), (0, 0), 12.0) + 1.0
-            for sl in (slice(0, k), slice(-k, None))]
+    ends = [
+        np.asarray(cv2.GaussianBlur(src[:, sl].mean(axis=1, keepdims=True), (0, 0), 12.0),
+                   dtype=np.float32) + 1.0
+        for sl in (slice(0, k), slice(-k, None))
+    ]
     target = (ends[0] + ends[1]) / 2.0
     ramp = np.linspace(0.0, 1.0, src.shape[1], dtype=np.float32)[None, :, None]
     src = src * ((target / ends[0]) * (1.0 - ramp) + (target / ends[1]) * ramp)
@@ -232,10 +239,10 @@ def _widen(strip: np.ndarray, width: int, overlap: int = _SEAM_OVERLAP) -> np.nd
         a, b = out[:, -overlap:], src[:, :overlap]
         seam = _min_seam(((a - b) ** 2).sum(axis=2))
         take_b = (np.arange(overlap)[None, :] > seam[:, None]).astype(np.float32)
-        take_b = cv2.GaussianBlur(take_b, (0, 0), 2.0)[..., None]
+        take_b = np.asarray(cv2.GaussianBlur(take_b, (0, 0), 2.0), np.float32)[..., None]
         joint = a * (1.0 - take_b) + b * take_b
         out = np.concatenate([out[:, :-overlap], joint, src[:, overlap:]], axis=1)
-    return out[:, :width]
+    return np.asarray(out[:, :width], np.float32)
 
 
 @functools.lru_cache(maxsize=4)
@@ -269,7 +276,7 @@ def _background(width: int, height: int) -> np.ndarray:
     img = np.clip(stacked, 0, 255).astype(np.uint8)
     scale = height / img.shape[0]
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
-    out = cv2.resize(img, (width, height), interpolation=interp)
+    out = np.asarray(cv2.resize(img, (width, height), interpolation=interp), np.uint8)
     out.setflags(write=False)
     return out
 
@@ -436,13 +443,25 @@ def build_demo_scene(
     out_path = Path(out_path)
     params = {"version": SCENE_VERSION, "width": width, "height": height, "fps": fps,
               "duration_s": float(duration_s)}
+    with _BUILD_LOCK:
+        if not _is_built(out_path, params):
+            _build(out_path, params, width, height, fps, duration_s)
+    return out_path
+
+
+def _is_built(out_path: Path, params: dict[str, float]) -> bool:
     side = _sidecar(out_path)
     if out_path.is_file() and side.is_file():
         try:
-            if json.loads(side.read_text(encoding="utf-8")) == params:
-                return out_path
+            return bool(json.loads(side.read_text(encoding="utf-8")) == params)
         except (OSError, ValueError):
-            pass  # unreadable sidecar: build again
+            return False  # unreadable sidecar: build again
+    return False
+
+
+def _build(out_path: Path, params: dict[str, float], width: int, height: int, fps: int,
+           duration_s: float) -> None:
+    side = _sidecar(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     bg = street_background(width, height)
     cuts = _cutouts()
@@ -452,7 +471,8 @@ def build_demo_scene(
     stretch = DESIGN_DURATION_S / duration_s
     gop = max(1, int(KEYFRAME_EVERY_S * fps))
     rng = np.random.default_rng(20240601)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = out_path.with_name(f".{out_path.name}.{tag}.tmp")
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
@@ -475,7 +495,6 @@ def build_demo_scene(
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp_side = side.with_name(f".{side.name}.{tag}.tmp")
     tmp_side.write_text(json.dumps(params, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp_side, side)
-    return out_path

@@ -51,8 +51,8 @@ class Events:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
 
-    async def wait(self, type_: str, pred: Any = lambda d: True, timeout: float = 15) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
+    async def wait(self, type_: str, pred: Any = lambda d: True) -> dict[str, Any]:
+        async with asyncio.timeout(15):
             while True:
                 ev = json.loads(await self.ws.recv())
                 if ev["type"] == type_ and pred(ev["data"]):
@@ -216,7 +216,8 @@ async def test_list_filters(hub_server: RunningHub) -> None:
                      json={"department": "civil-affairs"})
         got = (await c.get("/api/incidents?state=dispatched", headers=op)).json()["items"]
         assert [i["id"] for i in got] == [a["id"]]
-        assert len((await c.get("/api/incidents?type=person_down", headers=op)).json()["items"]) == 2
+        got = (await c.get("/api/incidents?type=person_down", headers=op)).json()["items"]
+        assert len(got) == 2
         assert (await c.get("/api/incidents?type=fire", headers=op)).status_code == 422
         assert (await c.get("/api/incidents?severity=purple", headers=op)).status_code == 422
         assert (await c.get("/api/incidents?since=yesterday", headers=op)).status_code == 422

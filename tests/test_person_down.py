@@ -43,7 +43,9 @@ def cfg(**kw: float) -> PersonDownRule:
     return PersonDownRule(**base)  # type: ignore[arg-type]
 
 
-def steps(t0: float, t1: float, d: sv.Detections, fps: float = 2.0) -> list[tuple[float, sv.Detections]]:
+def steps(
+    t0: float, t1: float, d: sv.Detections, fps: float = 2.0
+) -> list[tuple[float, sv.Detections]]:
     n = int(round((t1 - t0) * fps))
     return [(t0 + i / fps, d) for i in range(n)]
 
@@ -121,7 +123,8 @@ def test_two_people_down_are_two_events() -> None:
     """Two people down in different places are two events."""
     other = (700.0, 400.0, 1000.0, 480.0)
     rule = PersonDown(cfg())
-    ev = run(rule, steps(0, 5, dets((LYING, "person_down", 0.7, 1), (other, "person_down", 0.6, 2))))
+    both = dets((LYING, "person_down", 0.7, 1), (other, "person_down", 0.6, 2))
+    ev = run(rule, steps(0, 5, both))
     starts = [e for e in ev if e.phase == "start"]
     assert len(starts) == 2 and starts[0].event_id != starts[1].event_id
 

@@ -122,15 +122,17 @@ class OnnxBackend(Backend):
         h, w = frame.shape[:2]
         xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
         # Class-agnostic NMS: one person is one box, whether the model says Normal or Fall.
-        idx = cv2.dnn.NMSBoxes(
+        picked = cv2.dnn.NMSBoxes(
             [[float(a), float(c), float(e - a), float(f - c)] for a, c, e, f in xyxy],
             conf.astype(float).tolist(), self.cfg.confidence, self.cfg.iou,
         )
-        idx = np.asarray(idx, dtype=int).reshape(-1)
+        idx = np.asarray(picked, dtype=int).reshape(-1)
         det = sv.Detections(
             xyxy=xyxy[idx], confidence=conf[idx].astype(np.float32),
             class_id=cls[idx].astype(int),
         )
-        det.data["meaning"] = np.array([self.meanings[c] for c in det.class_id], dtype=object)
-        keep_m = det.data["meaning"] != "ignore"
-        return det[keep_m]
+        meaning = np.array([self.meanings[int(c)] for c in cls[idx]], dtype=np.object_)
+        det.data["meaning"] = meaning
+        kept = det[meaning != "ignore"]
+        assert isinstance(kept, sv.Detections)
+        return kept

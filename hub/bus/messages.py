@@ -33,7 +33,7 @@ class IncidentCandidate(Message):
     started_at: datetime = Field(description="When the condition started (UTC).")
     confidence: float = Field(ge=0, le=1)
     boxes: list[tuple[float, float, float, float]] = Field(default_factory=list)
-    frame_size: tuple[int, int] = Field(description="(width, height) of the frame the boxes are in.")
+    frame_size: tuple[int, int] = Field(description="(width, height) of the boxes' frame.")
     track_id: int | None = None
     snapshot_jpeg: bytes | None = Field(None, description="JPEG with the overlay drawn.")
     clip_start: datetime | None = Field(None, description="Clip window start (pre-roll).")

@@ -88,7 +88,7 @@ class RedisBus(Bus):
         self._groups.add((topic, group))
 
     async def _parse(
-        self, cls: type[M], group: str, entries: list[tuple[Any, dict[bytes, bytes]]]
+        self, cls: type[M], group: str, entries: list[Any]
     ) -> list[Delivery[M]]:
         out: list[Delivery[M]] = []
         bad: list[str] = []
@@ -126,7 +126,8 @@ class RedisBus(Bus):
             raise BusError(f"consume {cls.topic} failed: {err}") from err
         if not res:
             return []
-        return await self._parse(cls, group, res[0][1])
+        entries: list[Any] = res[0][1]  # type: ignore[index,assignment]
+        return await self._parse(cls, group, entries)
 
     async def ack(self, cls: type[M], group: str, ids: list[str]) -> None:
         if ids:
@@ -144,7 +145,7 @@ class RedisBus(Bus):
             start_id="0-0",
             count=count,
         )
-        entries = res[1] if res else []
+        entries: list[Any] = list(res[1]) if res else []  # (next id, entries, deleted ids)
         return await self._parse(cls, group, entries)
 
     async def broadcast(self, msg: Message) -> None:
@@ -179,7 +180,7 @@ class RedisBus(Bus):
         finally:
             try:
                 await pubsub.unsubscribe()
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             except (RedisError, OSError):
                 log.debug("bus: pubsub close failed", exc_info=True)
 
