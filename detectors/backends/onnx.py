@@ -112,7 +112,9 @@ class OnnxBackend(Backend):
         conf = scores[np.arange(len(cls)), cls]
         keep = conf >= self.cfg.confidence
         if not keep.any():
-            return sv.Detections.empty()
+            empty = sv.Detections.empty()
+            empty.data["meaning"] = np.array([], dtype=np.object_)
+            return empty
         b, cls, conf = raw[:4].T[keep], cls[keep], conf[keep]
         xyxy = np.stack(
             [b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2,
