@@ -7,6 +7,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,10 @@ class RunningHub:
         return self.app.state.hub  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[RunningHub]:
+@asynccontextmanager
+async def running_hub(
+    config: Path, data: Path, *, redis_url: str | None = None, prefix: str = "gridhub"
+) -> AsyncIterator[RunningHub]:
     """The hub (API, console, bus, store) on a real uvicorn on port 0, without cameras."""
     import asyncio
 
@@ -91,10 +94,10 @@ async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[Running
     from hub.config import load_config
     from hub.settings import Settings
 
-    site = load_config(demo_config)
+    site = load_config(config)
     settings = Settings(
-        config_dir=demo_config, data_dir=tmp_path / "data", port=0, with_worker=False,
-        max_body_bytes=64 * 1024,
+        config_dir=config, data_dir=data, port=0, with_worker=False,
+        max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix,
     )
     app = build_app(settings, site)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -107,10 +110,30 @@ async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[Running
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)
-    yield RunningHub(app, sock.getsockname()[1])
-    server.should_exit = True
-    await asyncio.wait_for(task, 30)
-    sock.close()
+    try:
+        yield RunningHub(app, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+        sock.close()
+
+
+@pytest.fixture
+async def hub_server(demo_config: Path, tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """The hub with the in-memory bus."""
+    async with running_hub(demo_config, tmp_path / "data") as hub:
+        yield hub
+
+
+@pytest.fixture
+async def hub_server_redis(
+    demo_config: Path, tmp_path: Path, redis_prefix: str
+) -> AsyncIterator[RunningHub]:
+    """The hub with the real Redis as its bus."""
+    async with running_hub(
+        demo_config, tmp_path / "data", redis_url=REDIS_URL, prefix=redis_prefix
+    ) as hub:
+        yield hub
 
 
 def free_port() -> int:

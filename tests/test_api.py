@@ -112,6 +112,17 @@ async def test_websocket_rejects_bad_token(hub_server: RunningHub) -> None:
 async def test_slice_detect_dispatch_accept(hub_server: RunningHub) -> None:
     """Candidate -> incident pushed live -> operator dispatches -> department sees it live,
     accepts -> the operator sees it accepted, and the timeline has each step with who."""
+    await slice_detect_dispatch_accept(hub_server)
+
+
+@pytest.mark.redis
+async def test_slice_on_the_redis_bus(hub_server_redis: RunningHub) -> None:
+    """The same slice with Redis as the bus (Streams for candidates, pub/sub for consoles)."""
+    assert hub_server_redis.state.bus.name == "redis"  # type: ignore[attr-defined]
+    await slice_detect_dispatch_accept(hub_server_redis)
+
+
+async def slice_detect_dispatch_accept(hub_server: RunningHub) -> None:
     async with client(hub_server) as c:
         op = await login(c, "operator")
         dep = await login(c, "civil-affairs")

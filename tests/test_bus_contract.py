@@ -116,3 +116,29 @@ def test_message_rejects_unknown_fields() -> None:
     """Bus messages are strict: an unknown field is an error, not silently dropped."""
     with pytest.raises(ValueError):
         IncidentCandidate.model_validate({**candidate(1).model_dump(), "colour": "red"})
+
+
+@pytest.mark.redis
+async def test_redis_garbage_entry_is_dead_lettered(redis_prefix: str) -> None:
+    """A stream entry that is not a valid message is set aside; the good ones still arrive."""
+    import redis.asyncio as aioredis
+
+    from hub.bus.redis import RedisBus
+    from tests.conftest import REDIS_URL
+
+    bus = RedisBus(REDIS_URL, prefix=redis_prefix)
+    await bus.start()
+    raw = aioredis.from_url(REDIS_URL)
+    stream = f"{redis_prefix}:stream:{IncidentCandidate.topic}"
+    await raw.xadd(stream, {b"m": b"{not json"})
+    await raw.xadd(stream, {b"other": b"field"})
+    await bus.publish(candidate(2))
+    got = await bus.consume(IncidentCandidate, "g", "c", count=10)
+    assert [d.message.event_id for d in got] == ["ev-2"]
+    assert bus.dead_letters == 2
+    assert await raw.llen(f"{redis_prefix}:dead:{IncidentCandidate.topic}") == 2
+    # dead-lettered entries are acked: nothing left to claim
+    await bus.ack(IncidentCandidate, "g", [got[0].id])
+    assert await bus.claim_stale(IncidentCandidate, "g", "c2", min_idle_s=0) == []
+    await raw.aclose()
+    await bus.close()
