@@ -115,7 +115,7 @@ def run(
             "demo: open http://%s:%d and log in as operator / %s (also dispatcher, "
             "civil-affairs, reviewer, admin)", host, port, shown,
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
 
 
 @cli.command("verify-audit")

@@ -2,8 +2,9 @@
 
 One task listens to the bus and hands each event to every connected client that may
 see it. Each client has a bounded queue drained by its own sender task; a client that
-falls ``MAX_QUEUE`` messages behind is disconnected (code 1013) so it can never slow
-the others; its page reconnects and re-fetches.
+falls ``MAX_QUEUE`` messages behind, or takes no data for ``SEND_TIMEOUT_S``, is
+disconnected (code 1013 when it can still be told) so it can never slow the others; its
+page reconnects and re-fetches.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hub.models import User
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
+SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is dropped
 
 
 @dataclass(eq=False)
@@ -39,9 +41,10 @@ class Client:
 class Clients:
     """The connected console clients."""
 
-    def __init__(self) -> None:
+    def __init__(self, send_timeout_s: float = SEND_TIMEOUT_S) -> None:
         self._clients: set[Client] = set()
         self._ids = itertools.count(1)
+        self.send_timeout_s = send_timeout_s
         self.dropped_clients = 0
 
     def __len__(self) -> int:
@@ -56,10 +59,9 @@ class Clients:
             try:
                 c.queue.put_nowait(text)
             except asyncio.QueueFull:
+                # The queue is only full while the sender is stuck in a slow send; it sees
+                # the flag when that send returns and disconnects the client.
                 c.overflowed = True
-                c.queue = asyncio.Queue(1)  # sender sees the flag and closes
-                with contextlib.suppress(asyncio.QueueFull):
-                    c.queue.put_nowait("")
 
     async def serve(self, ws: WebSocket, user: User) -> None:
         """Run one client until it disconnects or falls too far behind."""
@@ -70,6 +72,7 @@ class Clients:
             json.dumps({"type": "hello", "data": {"user": user.model_dump()}}, ensure_ascii=False)
         )
         reader = asyncio.create_task(self._read(ws))
+        stalled = False
         try:
             while not reader.done():
                 getter = asyncio.create_task(client.queue.get())
@@ -78,12 +81,13 @@ class Clients:
                     getter.cancel()
                     break
                 if client.overflowed:
-                    self.dropped_clients += 1
-                    log.warning("ws client %d (%s) too slow, disconnecting", client.id,
-                                user.username)
-                    await ws.close(code=1013, reason="too slow; reconnect and re-fetch")
                     break
-                await ws.send_text(getter.result())
+                try:
+                    async with asyncio.timeout(self.send_timeout_s):
+                        await ws.send_text(getter.result())
+                except TimeoutError:
+                    stalled = True
+                    break
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
@@ -91,9 +95,17 @@ class Clients:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await reader
             self._clients.discard(client)
+            if client.overflowed or stalled:
+                self.dropped_clients += 1
+                log.warning("ws client %d (%s) too slow (%s), disconnecting", client.id,
+                            user.username, "stalled" if stalled else "queue full")
             if ws.application_state != WebSocketState.DISCONNECTED:
-                with contextlib.suppress(RuntimeError, OSError):
-                    await ws.close()
+                # A stalled client cannot take a close frame either: do not wait for it.
+                with contextlib.suppress(RuntimeError, OSError, TimeoutError, WebSocketDisconnect):
+                    async with asyncio.timeout(1.0):
+                        await ws.close(code=1013 if client.overflowed or stalled else 1000,
+                                       reason="too slow; reconnect and re-fetch"
+                                       if client.overflowed or stalled else "")
             log.info("ws client %d (%s) gone", client.id, user.username)
 
     @staticmethod

@@ -19,7 +19,9 @@ How the scene is made:
   empty stretch joined along minimum-difference seams.
 * Frames are the background with cutouts alpha-blended in: pedestrians walk across,
   one of them tips over, lies still for a while, gets up and walks off. Light sensor
-  noise keeps frames from being byte-identical.
+  noise keeps frames from being byte-identical. The script is written for 24 s (walk
+  in, fall at 4 s, lie until 19 s, walk off; a second pedestrian passes at 8-16 s) and
+  starts and ends on an empty street, so it loops; other durations stretch it.
 
 The video is H.264 in MP4 (PyAV, libx264, yuv420p) with a keyframe at least every
 2 s. A sidecar JSON next to it records the parameters and :data:`SCENE_VERSION`, so

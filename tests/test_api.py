@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -264,3 +265,54 @@ async def test_console_served_offline(hub_server: RunningHub) -> None:
             assert r.status_code == 200
             assert "http://" not in r.text.replace("http://127.0.0.1", "")
             assert "https://" not in r.text
+
+
+async def test_slow_console_is_dropped_others_unaffected(hub_server: RunningHub) -> None:
+    """A console that stops reading is disconnected once it falls too far behind, while a
+    console that keeps reading gets every event and stays connected."""
+    async with client(hub_server) as c:
+        op = await login(c, "operator")
+    token = op["Authorization"].split()[1]
+    clients = hub_server.state.clients  # type: ignore[attr-defined]
+    clients.send_timeout_s = 2.0
+    # A real TCP client that completes the WebSocket handshake and then never reads.
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)  # the loop's sock_* calls need it
+    await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", hub_server.port))
+    await asyncio.get_running_loop().sock_sendall(
+        slow,
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
+    )
+    head = await asyncio.get_running_loop().sock_recv(slow, 1024)
+    assert head.startswith(b"HTTP/1.1 101")
+    payload = {"blob": "x" * 64_000}
+    n = 600  # 600 x 64 kB: far more than the queue (256) plus the socket buffers
+    async with events(hub_server, op) as fast:
+        got = 0
+        progress = asyncio.Condition()
+
+        async def read_fast() -> None:
+            nonlocal got
+            while got < n:
+                ev = json.loads(await fast.ws.recv())
+                async with progress:
+                    got += ev["type"] == "bulk"
+                    progress.notify_all()
+
+        reader = asyncio.create_task(read_fast())
+        for sent in range(1, n + 1):
+            clients.send("bulk", payload, lambda u: True)
+            async with progress:  # a live feed, not a burst: the fast console keeps up
+                await asyncio.wait_for(progress.wait_for(lambda: sent - got < 50), 30)
+        await asyncio.wait_for(reader, 60)
+        assert got == n
+        async with asyncio.timeout(30):
+            while clients.dropped_clients < 1:
+                await asyncio.sleep(0.05)
+        assert clients.dropped_clients == 1
+        clients.send("bulk", {"last": True}, lambda u: True)  # the fast one is still served
+        assert (await fast.wait("bulk", lambda d: d.get("last")))["last"] is True
+    slow.close()
