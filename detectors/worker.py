@@ -26,7 +26,7 @@ from detectors.backends import Backend, make_backend
 from detectors.person_down import PersonDown, RuleEvent, clip_window
 from hub.bus import Bus, BusError, CameraHealth, IncidentCandidate
 from hub.config import CameraConfig, Site
-from ingest import FileSource, Frame, make_source
+from ingest import Frame, Source, make_source
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class CameraPipeline:
     """Per-camera detection state: sampling, tracker, rules."""
 
     camera: CameraConfig
-    source: FileSource
+    source: Source
     tracker: ByteTrackTracker
     person_down: PersonDown
     next_due: float = 0.0
@@ -151,7 +151,10 @@ class Worker:
             out.append(
                 CameraHealth(
                     camera_id=p.camera.id, status=status, reason=reason, fps=round(h.fps, 1),
-                    frames=h.frames, dropped=h.dropped, last_frame_at=h.last_frame_at,
+                    bitrate_kbps=round(h.bitrate_kbps, 1), frames=h.frames, dropped=h.dropped,
+                    decode_errors=h.decode_errors, reconnects=h.reconnects,
+                    last_frame_at=h.last_frame_at, codec=h.codec, width=h.width,
+                    height=h.height,
                 )
             )
         return out

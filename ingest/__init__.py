@@ -10,13 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from hub.config import CameraConfig, DemoSceneSourceConfig, FileSourceConfig
-from ingest.file_source import FileSource, SourceHealth
+from ingest.file_source import FileSource
 from ingest.frames import Frame, LatestFrame
+from ingest.packets import PacketRing, StreamInfo, VideoPacket
+from ingest.source import Source, SourceHealth
 
-__all__ = ["FileSource", "Frame", "LatestFrame", "SourceHealth", "make_source"]
+__all__ = [
+    "FileSource", "Frame", "LatestFrame", "PacketRing", "Source", "SourceHealth", "StreamInfo",
+    "VideoPacket", "make_source",
+]
 
 
-def make_source(cam: CameraConfig, config_root: Path, data_dir: Path) -> FileSource:
+def make_source(cam: CameraConfig, config_root: Path, data_dir: Path) -> Source:
     """The source for a camera's configuration (not started)."""
     slot = LatestFrame()
     src = cam.source

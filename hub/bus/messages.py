@@ -56,6 +56,12 @@ class CameraHealth(Message):
     status: Literal["online", "degraded", "offline"]
     reason: str | None = None
     fps: float = 0.0
+    bitrate_kbps: float = 0.0
     frames: int = 0
-    dropped: int = 0
+    dropped: int = Field(0, description="Frames superseded before detection took them.")
+    decode_errors: int = Field(0, description="Damaged packets or frames dropped.")
+    reconnects: int = 0
     last_frame_at: datetime | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
