@@ -10,7 +10,7 @@ fc-list 2>/dev/null | grep -qi "noto sans cjk" || need+=(fonts-noto-cjk)
 # driven from Debian's own Python (python3-gst-1.0), and gst-launch for clips.
 for pkg in gstreamer1.0-tools gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 \
            gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice; do
+           gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice gir1.2-gst-plugins-bad-1.0; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
