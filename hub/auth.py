@@ -52,7 +52,7 @@ class Accounts:
         self._users = {
             u.username: User(
                 username=u.username, name=u.name, role=u.role, department=u.department,
-                grid=u.grid,
+                grid=u.grid, unit=u.unit,
             )
             for u in site.users
         }

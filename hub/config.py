@@ -5,6 +5,7 @@ A configuration is a folder of YAML files (see ``configs/demo/``)::
     site.yaml         name, demo flag, incident types
     grids.yaml        the grid tree, each node with a GeoJSON polygon
     cameras.yaml      camera sources, each in a grid cell
+    units.yaml        patrol units (vehicles/crews publishing video and GPS)
     departments.yaml  who handles which incident types
     users.yaml        accounts and roles (passwords from the environment)
     rules.yaml        detector backend and rule thresholds, severity defaults
@@ -112,7 +113,39 @@ class DemoSceneSourceConfig(Strict):
     fps: int = Field(15, ge=1, le=60, description="Frame rate of the generated scene.")
 
 
-SourceConfig = Annotated[FileSourceConfig | DemoSceneSourceConfig, Field(discriminator="type")]
+class RtspSourceConfig(Strict):
+    type: Literal["rtsp"] = "rtsp"
+    url: str = Field(pattern=r"^rtsps?://", description="Main stream: recording and live view.")
+    sub_url: str | None = Field(
+        None, pattern=r"^rtsps?://", description="Optional sub stream used for detection."
+    )
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over RTSP/TCP or UDP.")
+    open_timeout_s: float = Field(5.0, gt=0, le=60, description="Give up connecting after this.")
+    stall_s: float = Field(5.0, gt=0, le=120, description="No packet for this long: reconnect.")
+    backoff_max_s: float = Field(10.0, gt=0, le=300, description="Longest wait between retries.")
+
+
+SourceConfig = Annotated[
+    FileSourceConfig | DemoSceneSourceConfig | RtspSourceConfig, Field(discriminator="type")
+]
+
+
+class ZoneConfig(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Zone id, unique per camera.")
+    name: str | None = Field(None, description="Display name.")
+    polygon: list[tuple[float, float]] = Field(
+        min_length=3, description="Image polygon, (x, y) as fractions of width and height (0-1)."
+    )
+    rules: list[str] = Field(
+        default_factory=list, description="Incident types checked in this zone (empty: all)."
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _in_frame(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if any(not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0) for x, y in v):
+            raise ValueError("points must be fractions of the frame, between 0 and 1")
+        return v
 
 
 class CameraConfig(Strict):
@@ -122,10 +155,25 @@ class CameraConfig(Strict):
     position: tuple[float, float] | None = Field(None, description="(lon, lat) of the camera.")
     source: SourceConfig = Field(description="Where frames come from.")
     enabled: bool = Field(True, description="Disabled cameras are not started.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Image zones and rules.")
 
 
 class CamerasFile(Strict):
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras.")
+
+
+# --- patrol units ---------------------------------------------------------
+
+
+class UnitConfig(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Stable unit id (URL-safe).")
+    name: str = Field(description="Display name, e.g. the vehicle's call sign.")
+    crew: str | None = Field(None, description="Crew names or shift.")
+    grid: str | None = Field(None, description="Grid the unit patrols (its home grid).")
+
+
+class UnitsFile(Strict):
+    units: list[UnitConfig] = Field(default_factory=list, description="Patrol units.")
 
 
 # --- departments and users -----------------------------------------------
@@ -148,6 +196,7 @@ class UserConfig(Strict):
     role: Role = Field(description="What the user may do.")
     department: str | None = Field(None, description="Department id, required for role department.")
     grid: str | None = Field(None, description="Grid subtree the user works in (default: root).")
+    unit: str | None = Field(None, description="Patrol unit id, required for role patrol.")
     password_env: str | None = Field(
         None, description="Environment variable holding the password (never the password itself)."
     )
@@ -212,6 +261,7 @@ class Site:
     site: SiteConfig
     grids: list[GridNode]
     cameras: list[CameraConfig]
+    units: list[UnitConfig]
     departments: list[DepartmentConfig]
     users: list[UserConfig]
     rules: RulesFile
@@ -224,6 +274,9 @@ class Site:
 
     def camera(self, cam_id: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.id == cam_id), None)
+
+    def unit(self, unit_id: str) -> UnitConfig | None:
+        return next((u for u in self.units if u.id == unit_id), None)
 
     def incident_type_ids(self) -> set[str]:
         return {t.id for t in self.site.incident_types}
@@ -261,11 +314,12 @@ FILES: dict[str, type[Strict]] = {
     "site.yaml": SiteConfig,
     "grids.yaml": GridsFile,
     "cameras.yaml": CamerasFile,
+    "units.yaml": UnitsFile,
     "departments.yaml": DepartmentsFile,
     "users.yaml": UsersFile,
     "rules.yaml": RulesFile,
 }
-OPTIONAL = {"cameras.yaml", "rules.yaml"}
+OPTIONAL = {"cameras.yaml", "units.yaml", "rules.yaml"}
 
 
 def _loc(loc: Iterable[int | str]) -> str:
@@ -329,6 +383,7 @@ def load_config(root: Path | str) -> Site:
         "site.yaml": SiteConfig.model_construct(name="", demo=False, incident_types=[]),
         "grids.yaml": GridsFile.model_construct(grids=[]),
         "cameras.yaml": CamerasFile.model_construct(cameras=[]),
+        "units.yaml": UnitsFile.model_construct(units=[]),
         "departments.yaml": DepartmentsFile.model_construct(departments=[]),
         "users.yaml": UsersFile.model_construct(users=[]),
     }
@@ -338,6 +393,7 @@ def load_config(root: Path | str) -> Site:
         site=got["site.yaml"],
         grids=got["grids.yaml"].grids,
         cameras=got["cameras.yaml"].cameras,
+        units=got["units.yaml"].units,
         departments=got["departments.yaml"].departments,
         users=got["users.yaml"].users,
         rules=got.get("rules.yaml") or RulesFile(),
@@ -372,6 +428,7 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
         ("site.yaml", "incident_types", [t.id for t in site.site.incident_types]),
         ("grids.yaml", "grids", [g.id for g in site.grids]),
         ("cameras.yaml", "cameras", [c.id for c in site.cameras]),
+        ("units.yaml", "units", [u.id for u in site.units]),
         ("departments.yaml", "departments", [d.id for d in site.departments]),
         ("users.yaml", "users", [u.username for u in site.users]),
     ):
@@ -414,6 +471,28 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
                     ConfigIssue("cameras.yaml", f"cameras[{i}].source.path", f"no such file: {p}")
                 )
 
+        for j, zid in _duplicates([z.id for z in c.zones]):
+            issues.append(
+                ConfigIssue("cameras.yaml", f"cameras[{i}].zones[{j}]", f"duplicate zone {zid!r}")
+            )
+        for j, zone in enumerate(c.zones):
+            for k, t in enumerate(zone.rules):
+                if types_ok and t not in types:
+                    issues.append(ConfigIssue(
+                        "cameras.yaml", f"cameras[{i}].zones[{j}].rules[{k}]",
+                        f"unknown incident type {t!r}",
+                    ))
+    camera_ids = {c.id for c in site.cameras}
+    for i, un in enumerate(site.units):
+        if grids_ok and un.grid is not None and un.grid not in grid_ids:
+            issues.append(ConfigIssue("units.yaml", f"units[{i}].grid", f"unknown grid {un.grid!r}"))
+        if un.id in camera_ids:
+            issues.append(ConfigIssue(
+                "units.yaml", f"units[{i}].id", f"{un.id!r} is also a camera id; ids must differ"
+            ))
+    units_ok = "units.yaml" not in failed
+    unit_ids = {un.id for un in site.units}
+
     for i, d in enumerate(site.departments):
         for j, t in enumerate(d.handles):
             if types_ok and t not in types:
@@ -439,6 +518,10 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
             )
         if grids_ok and u.grid is not None and u.grid not in grid_ids:
             issues.append(ConfigIssue("users.yaml", f"users[{i}].grid", f"unknown grid {u.grid!r}"))
+        if u.role == "patrol" and u.unit is None:
+            issues.append(ConfigIssue("users.yaml", f"users[{i}].unit", "required for role patrol"))
+        if units_ok and u.unit is not None and u.unit not in unit_ids:
+            issues.append(ConfigIssue("users.yaml", f"users[{i}].unit", f"unknown unit {u.unit!r}"))
         if u.password_env and u.password_hash:
             issues.append(
                 ConfigIssue(

@@ -102,6 +102,7 @@ class User(BaseModel):
     role: Role
     department: str | None = None
     grid: str | None = None
+    unit: str | None = None  # the patrol unit a patrol account publishes as
 
 
 class Token(BaseModel):

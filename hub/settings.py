@@ -21,6 +21,12 @@ class Settings:
     redis_prefix: str = "gridhub"
     with_worker: bool = True  # run ingest + detection in this process
     max_body_bytes: int = 1 << 20
+    # WebRTC (WHIP ingest). Host addresses ICE may offer (empty: every interface) and the
+    # UDP port range it binds in; STUN/TURN only when configured (air-gapped by default).
+    ice_hosts: tuple[str, ...] = ()
+    ice_port_min: int | None = None
+    ice_port_max: int | None = None
+    ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs
 
     @classmethod
     def from_env(cls, config_dir: Path, data_dir: Path, **kw: object) -> Settings:
@@ -30,5 +36,27 @@ class Settings:
             data_dir=data_dir,
             redis_url=env.get("GRIDHUB_REDIS_URL") or None,
             redis_prefix=env.get("GRIDHUB_REDIS_PREFIX", "gridhub"),
+            ice_hosts=_csv(env.get("GRIDHUB_ICE_HOSTS")),
+            ice_port_min=_port_range(env.get("GRIDHUB_ICE_PORTS"))[0],
+            ice_port_max=_port_range(env.get("GRIDHUB_ICE_PORTS"))[1],
+            ice_servers=_csv(env.get("GRIDHUB_ICE_SERVERS")),
             **kw,  # type: ignore[arg-type]
         )
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _port_range(value: str | None) -> tuple[int | None, int | None]:
+    """``"50000-50100"`` -> (50000, 50100); unset -> (None, None)."""
+    if not value:
+        return None, None
+    lo, sep, hi = value.partition("-")
+    try:
+        a, b = int(lo), int(hi if sep else lo)
+    except ValueError as err:
+        raise ValueError(f"GRIDHUB_ICE_PORTS: expected MIN-MAX, got {value!r}") from err
+    if not (1024 <= a <= b <= 65535):
+        raise ValueError(f"GRIDHUB_ICE_PORTS: need 1024 <= MIN <= MAX <= 65535, got {value!r}")
+    return a, b
