@@ -485,7 +485,9 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
     camera_ids = {c.id for c in site.cameras}
     for i, un in enumerate(site.units):
         if grids_ok and un.grid is not None and un.grid not in grid_ids:
-            issues.append(ConfigIssue("units.yaml", f"units[{i}].grid", f"unknown grid {un.grid!r}"))
+            issues.append(
+                ConfigIssue("units.yaml", f"units[{i}].grid", f"unknown grid {un.grid!r}")
+            )
         if un.id in camera_ids:
             issues.append(ConfigIssue(
                 "units.yaml", f"units[{i}].id", f"{un.id!r} is also a camera id; ids must differ"
