@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
     at TEXT NOT NULL,
     jpeg BLOB NOT NULL
 );
+-- Small JSON documents by (scope, key): runtime camera changes, per-user wall layouts.
+CREATE TABLE IF NOT EXISTS documents (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
 """
 
 GENESIS = "0" * 64
@@ -132,6 +140,46 @@ class Store:
         if self._db is None:
             raise StoreError("store is not open")
         return self._db
+
+    # --- documents -------------------------------------------------------------
+
+    async def put_doc(self, scope: str, key: str, doc: Any) -> None:
+        """Create or replace one JSON document (committed before returning)."""
+        text = json.dumps(doc, ensure_ascii=False, sort_keys=True)
+
+        def put() -> None:
+            self.db.execute(
+                "INSERT INTO documents VALUES (?, ?, datetime('now'), ?) ON CONFLICT (scope, key)"
+                " DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                (scope, key, text),
+            )
+
+        await self._run(put)
+
+    async def get_doc(self, scope: str, key: str) -> Any | None:
+        def get() -> Any | None:
+            row = self.db.execute(
+                "SELECT doc FROM documents WHERE scope = ? AND key = ?", (scope, key)
+            ).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return await self._run(get)
+
+    async def list_docs(self, scope: str) -> dict[str, Any]:
+        def ls() -> dict[str, Any]:
+            rows = self.db.execute(
+                "SELECT key, doc FROM documents WHERE scope = ? ORDER BY key", (scope,)
+            ).fetchall()
+            return {k: json.loads(d) for k, d in rows}
+
+        return await self._run(ls)
+
+    async def delete_doc(self, scope: str, key: str) -> bool:
+        def rm() -> bool:
+            cur = self.db.execute("DELETE FROM documents WHERE scope = ? AND key = ?", (scope, key))
+            return cur.rowcount > 0
+
+        return await self._run(rm)
 
     async def ping(self) -> bool:
         try:

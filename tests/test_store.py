@@ -84,3 +84,22 @@ async def test_tampering_is_detected(tmp_path: Path) -> None:
     db.close()
     res = audit()
     assert res.returncode == 1 and "inc_1 #4: previous hash does not match" in res.stderr
+
+
+async def test_documents_survive_reopen(tmp_path: Path) -> None:
+    """Documents are stored by scope and key, replaced in place, and survive a reopen."""
+    store = Store(tmp_path / "s.db")
+    await store.open()
+    await store.put_doc("layouts", "operator", {"tiles": 4, "sources": ["a", "b"]})
+    await store.put_doc("layouts", "operator", {"tiles": 9, "sources": ["c"]})
+    await store.put_doc("layouts", "dispatcher", {"tiles": 1, "sources": []})
+    await store.put_doc("cameras", "operator", {"unrelated": True})
+    assert await store.delete_doc("layouts", "dispatcher") is True
+    assert await store.delete_doc("layouts", "nobody") is False
+    await store.close()
+    store = Store(tmp_path / "s.db")
+    await store.open()
+    assert await store.get_doc("layouts", "operator") == {"tiles": 9, "sources": ["c"]}
+    assert await store.get_doc("layouts", "dispatcher") is None
+    assert await store.list_docs("layouts") == {"operator": {"tiles": 9, "sources": ["c"]}}
+    await store.close()
