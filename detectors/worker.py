@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import supervision as sv
+from pydantic import ValidationError
 from trackers import ByteTrackTracker
 
 from detectors.backends import Backend, make_backend
 from detectors.person_down import PersonDown, RuleEvent, clip_window
 from hub.bus import Bus, BusError, CameraHealth, IncidentCandidate
+from hub.bus.messages import CameraChanged
 from hub.config import CameraConfig, Site
 from ingest import Frame, Source, make_source
 
@@ -69,9 +72,10 @@ def draw_snapshot(frame: np.ndarray, det: sv.Detections, ev: RuleEvent, label: s
 
 @dataclass
 class CameraPipeline:
-    """Per-camera detection state: sampling, tracker, rules."""
+    """Per-source detection state: sampling, tracker, rules (a camera or a patrol unit)."""
 
-    camera: CameraConfig
+    source_id: str
+    camera: CameraConfig | None  # None for a patrol unit's stream
     source: Source
     tracker: ByteTrackTracker
     person_down: PersonDown
@@ -82,16 +86,25 @@ class CameraPipeline:
 
 
 class Worker:
-    """Runs the sources and the detection loop of a site's cameras."""
+    """Runs the sources and the detection loop of a site's cameras and patrol units.
+
+    Cameras come from ``cameras()`` at start and follow :class:`CameraChanged` messages
+    afterwards (added, changed: source restarted, removed: source stopped). Other sources
+    (patrol streams) are attached and detached by whoever owns them.
+    """
 
     def __init__(
-        self, site: Site, bus: Bus, data_dir: Path, backend: Backend | None = None
+        self, site: Site, bus: Bus, data_dir: Path, backend: Backend | None = None,
+        cameras: Callable[[], list[CameraConfig]] | None = None,
     ) -> None:
         self.site = site
         self.bus = bus
         self.data_dir = data_dir
         self.backend = backend
-        self.pipelines: list[CameraPipeline] = []
+        self._initial_cameras = cameras or (lambda: list(site.cameras))
+        self._pipelines: dict[str, CameraPipeline] = {}
+        self._plock = threading.Lock()
+        self._changes_task: asyncio.Task[None] | None = None
         self.errors = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -106,31 +119,98 @@ class Worker:
         if self.backend is None:
             self.backend = make_backend(self.site.rules.detector, self.site.root)
 
+    @property
+    def pipelines(self) -> list[CameraPipeline]:
+        with self._plock:
+            return list(self._pipelines.values())
+
+    def source(self, source_id: str) -> Source | None:
+        """A running source by camera or unit id (for the live wall)."""
+        with self._plock:
+            p = self._pipelines.get(source_id)
+        return p.source if p else None
+
+    def source_ids(self) -> list[str]:
+        with self._plock:
+            return list(self._pipelines)
+
+    def attach(self, source: Source, camera: CameraConfig | None = None) -> None:
+        """Run detection on a started source, replacing one with the same id (whose owner
+        stops it)."""
+        pipe = CameraPipeline(
+            source.source_id, camera, source, make_tracker(self.site.rules.detect_fps),
+            PersonDown(self.site.rules.person_down),
+        )
+        with self._plock:
+            old = self._pipelines.get(source.source_id)
+            self._pipelines[source.source_id] = pipe
+        if old is not None and old.source is not source:
+            log.warning("worker: source %s replaced while still attached", source.source_id)
+        log.info("worker: source %s attached (%s)", source.source_id, source.kind)
+
+    def detach(self, source_id: str) -> Source | None:
+        """Stop detecting on a source (the caller stops the source, if it owns it)."""
+        with self._plock:
+            p = self._pipelines.pop(source_id, None)
+        if p is not None:
+            log.info("worker: source %s detached", source_id)
+        return p.source if p else None
+
+    def _start_camera(self, cam: CameraConfig) -> None:
+        src = make_source(cam, self.site.root, self.data_dir)
+        src.start()
+        self.attach(src, cam)
+
+    async def apply(self, change: CameraChanged) -> None:
+        """Follow a run-time camera change: start, restart or stop its source."""
+        old = self.detach(change.camera_id)
+        if old is not None:
+            await asyncio.to_thread(old.stop)
+        if change.camera is None:
+            return
+        try:
+            cam = CameraConfig.model_validate(change.camera)
+        except ValidationError as err:
+            log.error("camera %s: change ignored, invalid: %s", change.camera_id, err)
+            return
+        if cam.enabled:
+            await asyncio.to_thread(self._start_camera, cam)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.load_model)
-        fps = self.site.rules.detect_fps
-        for cam in self.site.cameras:
+        # Listen before starting cameras so no change made meanwhile is missed.
+        ready = asyncio.Event()
+        self._changes_task = asyncio.create_task(self._follow_changes(ready), name="cam-changes")
+        await ready.wait()
+        for cam in self._initial_cameras():
             if not cam.enabled:
                 continue
-            src = make_source(cam, self.site.root, self.data_dir)
-            self.pipelines.append(
-                CameraPipeline(cam, src, make_tracker(fps), PersonDown(self.site.rules.person_down))
-            )
-            src.start()
+            self._start_camera(cam)
         self._thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self._thread.start()
         self._health_task = asyncio.create_task(self._health_loop(), name="camera-health")
-        log.info("worker: %d camera(s), detection at %.1f Hz", len(self.pipelines), fps)
+        log.info("worker: %d camera(s), detection at %.1f Hz", len(self._pipelines),
+                 self.site.rules.detect_fps)
+
+    async def _follow_changes(self, ready: asyncio.Event) -> None:
+        async with self.bus.listen(CameraChanged) as changes:
+            ready.set()
+            async for change in changes:
+                try:
+                    await self.apply(change)
+                except Exception:  # one bad change never stops the worker
+                    log.exception("camera %s: applying change failed", change.camera_id)
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._health_task is not None:
-            self._health_task.cancel()
-            try:
-                await self._health_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._health_task, self._changes_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         for p in self.pipelines:
             await asyncio.to_thread(p.source.stop)
         if self._thread is not None:
@@ -142,6 +222,8 @@ class Worker:
         out = []
         now = time.time()
         for p in self.pipelines:
+            if p.camera is None:
+                continue  # patrol streams report through their own service
             h = p.source.health
             status, reason = h.status, h.reason
             if status == "online" and h.last_frame_at is not None and (
@@ -191,7 +273,7 @@ class Worker:
         period = 1.0 / self.site.rules.detect_fps
         while not self._stop.is_set():
             worked = False
-            for p in self.pipelines:
+            for p in self.pipelines:  # a copy: sources come and go meanwhile
                 now = time.monotonic()
                 if now < p.next_due:
                     continue
@@ -204,8 +286,8 @@ class Worker:
                     self._step(p, frame)
                 except Exception as err:  # one bad frame or camera never stops the others
                     self.errors += 1
-                    self.last_error = f"{p.camera.id}: {type(err).__name__}: {err}"
-                    log.exception("camera %s: detection step failed", p.camera.id)
+                    self.last_error = f"{p.source_id}: {type(err).__name__}: {err}"
+                    log.exception("source %s: detection step failed", p.source_id)
             if not worked:
                 self._stop.wait(0.01)
 
@@ -225,7 +307,7 @@ class Worker:
         snapshot = draw_snapshot(img, det, ev, "person_down") if ev.phase != "end" else None
         start, end = clip_window(ev.started_wall)
         msg = IncidentCandidate(
-            event_id=ev.event_id, phase=ev.phase, type="person_down", camera_id=p.camera.id,
+            event_id=ev.event_id, phase=ev.phase, type="person_down", camera_id=p.source_id,
             at=wall, started_at=ev.started_wall, confidence=round(ev.confidence, 4),
             boxes=[ev.box], frame_size=(img.shape[1], img.shape[0]), track_id=ev.track_id,
             snapshot_jpeg=snapshot, clip_start=start, clip_end=end,
@@ -233,5 +315,5 @@ class Worker:
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self.bus.publish(msg), self._loop)
         fut.result(timeout=30)
-        log.info("camera %s: person_down %s %s (conf %.2f, track %d)", p.camera.id, ev.phase,
+        log.info("source %s: person_down %s %s (conf %.2f, track %d)", p.source_id, ev.phase,
                  ev.event_id[:8], ev.confidence, ev.track_id)

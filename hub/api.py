@@ -12,6 +12,7 @@ import asyncio
 import logging
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
 from fastapi.responses import Response
@@ -19,10 +20,13 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 
 from hub.app import HubState, hub_state
 from hub.auth import TOKEN_TTL_S, AuthError
-from hub.config import Severity
+from hub.cameras import CameraError, CameraExists, UnknownCamera
+from hub.config import CameraConfig, RtspSourceConfig, Severity
 from hub.incidents import ActionError, Forbidden, IllegalTransition, UnknownDepartment, can_see
 from hub.models import (
+    CameraBody,
     CameraOut,
+    CameraPatchBody,
     DepartmentOut,
     DispatchBody,
     Health,
@@ -88,7 +92,7 @@ async def health(state: St) -> Health:
         report = getattr(svc, "report", None)
         if report is not None:
             components.update(report())
-    cams = {c.id: state.cameras.get(c.id) for c in state.site.cameras if c.enabled}
+    cams = {c.id: state.cameras.get(c.id) for c in state.camera_registry.all() if c.enabled}
     components["cameras"] = {
         "status": "ok" if all(h and h.status == "online" for h in cams.values()) else "degraded",
         "online": sum(1 for h in cams.values() if h and h.status == "online"),
@@ -133,22 +137,118 @@ async def departments(state: St, user: Me) -> list[DepartmentOut]:
     return [DepartmentOut(**d.model_dump()) for d in state.site.departments]
 
 
+def mask_url(url: str | None) -> str | None:
+    """The URL with any password replaced, for display and logs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _camera_out(state: HubState, c: CameraConfig) -> CameraOut:
+    h = state.cameras.get(c.id)
+    src = c.source
+    url = sub = None
+    if isinstance(src, RtspSourceConfig):
+        url, sub = mask_url(src.url), mask_url(src.sub_url)
+    health = h.model_dump(exclude={"v", "camera_id", "status", "reason"}) if h else {}
+    return CameraOut(
+        id=c.id, name=c.name, grid=c.grid, kind=src.type, url=url, sub_url=sub,
+        enabled=c.enabled, position=c.position,
+        zones=[z.model_dump(mode="json") for z in c.zones],
+        status=h.status if h and c.enabled else ("unknown" if c.enabled else "offline"),
+        reason=h.reason if h and c.enabled else (None if c.enabled else "disabled"),
+        **health,
+    )
+
+
+def _require_admin(user: User) -> None:
+    if user.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only an admin may change cameras")
+
+
+def _camera_error(err: CameraError) -> HTTPException:
+    if isinstance(err, UnknownCamera):
+        return HTTPException(status.HTTP_404_NOT_FOUND, str(err))
+    if isinstance(err, CameraExists):
+        return HTTPException(status.HTTP_409_CONFLICT, str(err))
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(err))
+
+
 @router.get("/api/cameras", response_model=list[CameraOut], tags=["cameras"])
 async def cameras(state: St, user: Me) -> list[CameraOut]:
-    """Cameras with their live health."""
-    out = []
-    for c in state.site.cameras:
-        h = state.cameras.get(c.id)
-        out.append(
-            CameraOut(
-                id=c.id, name=c.name, grid=c.grid,
-                status=h.status if h else ("unknown" if c.enabled else "offline"),
-                reason=h.reason if h else (None if c.enabled else "disabled"),
-                fps=h.fps if h else 0.0, frames=h.frames if h else 0,
-                dropped=h.dropped if h else 0, last_frame_at=h.last_frame_at if h else None,
+    """Cameras with their live health (status, reason, fps, bitrate, reconnects...)."""
+    return [_camera_out(state, c) for c in state.camera_registry.all()]
+
+
+@router.get("/api/cameras/{camera_id}", response_model=CameraOut, tags=["cameras"])
+async def camera(state: St, user: Me, camera_id: str) -> CameraOut:
+    """One camera with its live health."""
+    c = state.camera_registry.get(camera_id)
+    if c is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {camera_id!r}")
+    return _camera_out(state, c)
+
+
+@router.post("/api/cameras", response_model=CameraOut, status_code=201, tags=["cameras"])
+async def add_camera(state: St, user: Me, body: CameraBody) -> CameraOut:
+    """Add an RTSP camera while running (admin). It starts at once; an unreachable URL
+    is accepted and shown offline with the reason. Stored: survives restarts."""
+    _require_admin(user)
+    data = body.model_dump(exclude={"url", "sub_url", "transport"})
+    data["source"] = {"type": "rtsp", "url": body.url, "sub_url": body.sub_url,
+                      "transport": body.transport}
+    try:
+        cam = await state.camera_registry.add(data)
+    except CameraError as err:
+        raise _camera_error(err) from err
+    log.info("camera %s added by %s (%s)", cam.id, user.username, mask_url(body.url))
+    return _camera_out(state, cam)
+
+
+@router.patch("/api/cameras/{camera_id}", response_model=CameraOut, tags=["cameras"])
+async def change_camera(
+    state: St, user: Me, camera_id: str, body: CameraPatchBody
+) -> CameraOut:
+    """Change a camera while running (admin); its source restarts if the URL changed."""
+    _require_admin(user)
+    changes = body.model_dump(exclude_unset=True)
+    old = state.camera_registry.get(camera_id)
+    if old is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {camera_id!r}")
+    src_keys = {"url", "sub_url", "transport"} & changes.keys()
+    if src_keys:
+        base = old.source.model_dump() if isinstance(old.source, RtspSourceConfig) else {}
+        if "url" not in changes and not base:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"camera {camera_id!r} is not an RTSP camera: give url as well",
             )
-        )
-    return out
+        changes["source"] = {**base, "type": "rtsp", **{k: changes.pop(k) for k in src_keys}}
+    try:
+        cam = await state.camera_registry.update(camera_id, changes)
+    except CameraError as err:
+        raise _camera_error(err) from err
+    log.info("camera %s changed by %s: %s", camera_id, user.username, sorted(body.model_fields_set))
+    return _camera_out(state, cam)
+
+
+@router.delete("/api/cameras/{camera_id}", status_code=204, tags=["cameras"])
+async def remove_camera(state: St, user: Me, camera_id: str) -> Response:
+    """Remove a camera while running (admin); its source stops."""
+    _require_admin(user)
+    try:
+        await state.camera_registry.remove(camera_id)
+    except CameraError as err:
+        raise _camera_error(err) from err
+    state.cameras.pop(camera_id, None)
+    log.info("camera %s removed by %s", camera_id, user.username)
+    return Response(status_code=204)
 
 
 # --- incidents ------------------------------------------------------------------------

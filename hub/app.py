@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.auth import Accounts, load_secret
 from hub.bus import Bus, CameraHealth, IncidentEvent, make_bus
+from hub.cameras import CameraRegistry
 from hub.config import Site, resolve_passwords
 from hub.incidents import IncidentService, can_see
 from hub.models import Incident, User
@@ -48,6 +49,7 @@ class HubState:
     accounts: Accounts
     incidents: IncidentService
     clients: Clients
+    camera_registry: CameraRegistry
     cameras: dict[str, CameraHealth] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     services: list[Any] = field(default_factory=list)
@@ -70,6 +72,8 @@ async def _fan_out(state: HubState) -> None:
     async def cameras() -> None:
         async with state.bus.listen(CameraHealth) as events:
             async for ev in events:
+                if state.camera_registry.get(ev.camera_id) is None:
+                    continue  # removed meanwhile (a late health report)
                 state.cameras[ev.camera_id] = ev
                 state.clients.send(
                     "camera.health", ev.model_dump(mode="json"),
@@ -143,9 +147,12 @@ def create_app(
         accounts = await asyncio.to_thread(
             Accounts, site, passwords, load_secret(settings.data_dir)
         )
+        camera_registry = CameraRegistry(site, store, bus)
+        await camera_registry.load()
         state = HubState(
             settings=settings, site=site, store=store, bus=bus, accounts=accounts,
-            incidents=IncidentService(site, store, bus), clients=Clients(),
+            incidents=IncidentService(site, store, bus, cameras=camera_registry.get),
+            clients=Clients(), camera_registry=camera_registry,
         )
         app.state.hub = state
         state.tasks["incidents"] = asyncio.create_task(state.incidents.run(), name="incidents")

@@ -59,7 +59,8 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
         from detectors.worker import Worker
 
         def worker(state: HubState) -> Worker:
-            return Worker(state.site, state.bus, settings.data_dir, backend=backend)
+            return Worker(state.site, state.bus, settings.data_dir, backend=backend,
+                          cameras=state.camera_registry.all)
 
         services.append(worker)
     return create_app(settings, site, services=services, routers=[mount_console])

@@ -20,11 +20,12 @@ import asyncio
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
 from hub.bus import Bus, BusError, IncidentCandidate, IncidentEvent
-from hub.config import SEVERITIES, Severity, Site
+from hub.config import SEVERITIES, CameraConfig, Severity, Site
 from hub.models import Incident, State, User, utcnow
 from hub.routing import suggest_departments
 from hub.states import allowed_from, next_state
@@ -85,10 +86,14 @@ def can_see(site: Site, user: User, inc: Incident) -> bool:
 class IncidentService:
     """Owns incident creation, updates and state changes."""
 
-    def __init__(self, site: Site, store: Store, bus: Bus) -> None:
+    def __init__(
+        self, site: Site, store: Store, bus: Bus,
+        cameras: Callable[[str], CameraConfig | None] | None = None,
+    ) -> None:
         self.site = site
         self.store = store
         self.bus = bus
+        self.camera = cameras or site.camera  # run-time camera list (hub.cameras)
         self.consumer = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.candidates_seen = 0
         self.last_error: str | None = None
@@ -174,7 +179,7 @@ class IncidentService:
             return inc
 
     def _from_candidate(self, c: IncidentCandidate, now: datetime) -> Incident:
-        cam = self.site.camera(c.camera_id)
+        cam = self.camera(c.camera_id)
         grid_id = cam.grid if cam else None
         grid = self.site.grid(grid_id) if grid_id else None
         iid = new_incident_id(now)

@@ -122,12 +122,53 @@ class CameraOut(BaseModel):
     id: str
     name: str
     grid: str
+    kind: str = Field("file", description="Source kind: rtsp, file, demo_scene.")
+    url: str | None = Field(None, description="Main stream URL, password masked.")
+    sub_url: str | None = Field(None, description="Sub stream URL, password masked.")
+    enabled: bool = True
+    position: tuple[float, float] | None = None
+    zones: list[dict[str, Any]] = Field(default_factory=list)
     status: Literal["online", "degraded", "offline", "unknown"]
     reason: str | None = None
     fps: float = 0.0
+    bitrate_kbps: float = 0.0
     frames: int = 0
     dropped: int = 0
+    decode_errors: int = 0
+    reconnects: int = 0
     last_frame_at: datetime | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class CameraBody(BaseModel):
+    """A camera added at run time (RTSP)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(pattern=r"^rtsps?://", max_length=2000, description="Main stream.")
+    grid: str
+    sub_url: str | None = Field(None, pattern=r"^rtsps?://", max_length=2000)
+    transport: Literal["tcp", "udp"] = "tcp"
+    zones: list[dict[str, Any]] = Field(default_factory=list)
+    position: tuple[float, float] | None = None
+    enabled: bool = True
+
+
+class CameraPatchBody(BaseModel):
+    """Fields of a camera to change; the rest stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    url: str | None = Field(None, pattern=r"^rtsps?://", max_length=2000)
+    grid: str | None = None
+    sub_url: str | None = Field(None, pattern=r"^rtsps?://", max_length=2000)
+    transport: Literal["tcp", "udp"] | None = None
+    zones: list[dict[str, Any]] | None = None
+    position: tuple[float, float] | None = None
+    enabled: bool | None = None
 
 
 class Health(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.config import CameraConfig, DemoSceneSourceConfig, FileSourceConfig
+from hub.config import CameraConfig, DemoSceneSourceConfig, FileSourceConfig, RtspSourceConfig
 from ingest.file_source import FileSource
 from ingest.frames import Frame, LatestFrame
 from ingest.packets import PacketRing, StreamInfo, VideoPacket
@@ -38,4 +38,12 @@ def make_source(cam: CameraConfig, config_root: Path, data_dir: Path) -> Source:
             return build_demo_scene(out, width=src.width, height=src.height, fps=src.fps)
 
         return FileSource(cam.id, build, slot, loop=True, realtime=True)
+    if isinstance(src, RtspSourceConfig):
+        from ingest.rtsp import RtspSource
+
+        return RtspSource(
+            cam.id, src.url, sub_url=src.sub_url, transport=src.transport,
+            open_timeout_s=src.open_timeout_s, stall_s=src.stall_s,
+            backoff_max_s=src.backoff_max_s, slot=slot,
+        )
     raise ValueError(f"camera {cam.id}: unsupported source {src!r}")

@@ -83,9 +83,11 @@ class RunningHub:
 
 @asynccontextmanager
 async def running_hub(
-    config: Path, data: Path, *, redis_url: str | None = None, prefix: str = "gridhub"
+    config: Path, data: Path, *, redis_url: str | None = None, prefix: str = "gridhub",
+    with_worker: bool = False,
 ) -> AsyncIterator[RunningHub]:
-    """The hub (API, console, bus, store) on a real uvicorn on port 0, without cameras."""
+    """The hub (API, console, bus, store) on a real uvicorn on port 0; cameras and
+    detection only ``with_worker``."""
     import asyncio
 
     import uvicorn
@@ -96,7 +98,7 @@ async def running_hub(
 
     site = load_config(config)
     settings = Settings(
-        config_dir=config, data_dir=data, port=0, with_worker=False,
+        config_dir=config, data_dir=data, port=0, with_worker=with_worker,
         max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix,
     )
     app = build_app(settings, site)

@@ -65,3 +65,26 @@ class CameraHealth(Message):
     codec: str | None = None
     width: int | None = None
     height: int | None = None
+
+
+class CameraChanged(Message):
+    """A camera was added, changed (``camera`` set) or removed (``camera`` null) at run time."""
+
+    topic: ClassVar[str] = "cameras.changed"
+    camera_id: str
+    camera: dict[str, Any] | None = Field(None, description="The camera's full configuration.")
+
+
+class UnitTelemetry(Message):
+    """A validated GPS fix of a patrol unit, shared live so every hub replica tracks it."""
+
+    topic: ClassVar[str] = "units.telemetry"
+    unit_id: str = Field(max_length=64)
+    origin: str = Field(description="Hub replica that received it (it skips its own echo).")
+    received_at: datetime = Field(description="Hub clock when the fix arrived (UTC).")
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    time: datetime = Field(description="The device's time of the fix (UTC).")
+    speed: float | None = Field(None, ge=0, allow_inf_nan=False, description="m/s.")
+    heading: float | None = Field(None, ge=0, le=360, allow_inf_nan=False, description="Degrees.")
+    accuracy: float | None = Field(None, ge=0, allow_inf_nan=False, description="Metres.")
