@@ -40,5 +40,9 @@ lint: venv
 	$(BIN)/ruff check hub ingest detectors console tests
 	$(BIN)/mypy hub ingest detectors console
 
+# Benchmarks print figures (they assert nothing); run on an otherwise idle machine.
+bench: venv deps-apt
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache *.egg-info

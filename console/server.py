@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -11,11 +12,25 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).parent / "static"
 
 
-def mount_console(app: FastAPI) -> None:
-    """Add ``/`` (the console) and ``/static`` to the app."""
+PAGES = {
+    "/": "index.html",  # incidents: list, detail, dispatch, accept
+    "/wall": "wall.html",  # video wall of live feeds
+    "/map": "map.html",  # grids and patrol units
+    "/patrol": "patrol.html",  # a patrol tablet: publish video (WHIP) and GPS
+}
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+def _page(path: Path) -> Callable[[], Awaitable[FileResponse]]:
+    # A closure, not a default argument: FastAPI would expose that as a query parameter.
+    async def serve() -> FileResponse:
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return serve
+
+
+def mount_console(app: FastAPI) -> None:
+    """Add the console pages and ``/static`` to the app."""
+    for route, page in PAGES.items():
+        app.add_api_route(route, _page(STATIC / page), methods=["GET"], include_in_schema=False)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
