@@ -93,6 +93,11 @@ def run(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     worker: Annotated[bool, typer.Option(help="Run ingest and detection here.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS, which browsers "
+                                  "need for camera and GPS on a patrol tablet.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
 ) -> None:
     """Run GridHub as one process: API, console, ingest and detection."""
     import uvicorn
@@ -102,12 +107,17 @@ def run(
     _logging(log_level)
     site = _load(config)
     backend = None
-    if worker and site.cameras:
+    if worker:
         try:
             backend = make_backend(site.rules.detector, site.root)  # fail now, not later
         except ModelError as err:
             _fail([f"model error: {err}"])
-    settings = Settings.from_env(config, data, host=host, port=port, with_worker=worker)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        _fail(["give both --ssl-certfile and --ssl-keyfile, or neither"])
+    try:
+        settings = Settings.from_env(config, data, host=host, port=port, with_worker=worker)
+    except ValueError as err:
+        _fail([f"environment: {err}"])
     app = build_app(settings, site, backend)
     if site.site.demo:
         pw = "GRIDHUB_DEMO_PASSWORD" if os.environ.get("GRIDHUB_DEMO_PASSWORD") else "demo"
@@ -116,7 +126,11 @@ def run(
             "demo: open http://%s:%d and log in as operator / %s (also dispatcher, "
             "civil-affairs, reviewer, admin)", host, port, shown,
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
 
 
 @cli.command("verify-audit")
