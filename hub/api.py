@@ -177,7 +177,7 @@ def _camera_error(err: CameraError) -> HTTPException:
         return HTTPException(status.HTTP_404_NOT_FOUND, str(err))
     if isinstance(err, CameraExists):
         return HTTPException(status.HTTP_409_CONFLICT, str(err))
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(err))
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err))
 
 
 @router.get("/api/cameras", response_model=list[CameraOut], tags=["cameras"])
@@ -226,7 +226,7 @@ async def change_camera(
         base = old.source.model_dump() if isinstance(old.source, RtspSourceConfig) else {}
         if "url" not in changes and not base:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"camera {camera_id!r} is not an RTSP camera: give url as well",
             )
         changes["source"] = {**base, "type": "rtsp", **{k: changes.pop(k) for k in src_keys}}

@@ -47,23 +47,78 @@ def _load(config: Path, *, check_passwords: bool = True) -> Site:
 
 
 def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
-    """The whole process: hub API, console pages and (embedded) the detection worker.
+    """The whole process: hub API, console pages, patrol ingest (WHIP), the live wall and
+    (embedded) the detection worker.
 
     ``backend``: an already loaded model backend to reuse (else the worker loads it).
     """
     from console.server import mount_console
+    from detectors.worker import Worker
+    from hub.api_units import mount_units
+    from hub.api_wall import mount_wall_api
     from hub.app import HubState, Service, create_app
+    from hub.units import UnitService, telemetry_sink
+    from ingest import Source
+    from ingest.live import LiveHub
+    from ingest.live_http import make_live_router
+    from ingest.whip_http import make_whip_router
 
-    services: list[Callable[[HubState], Service]] = []
+    workers: list[Worker] = []
+    patrol: dict[str, Source] = {}  # live WHIP sources by unit id
+    live = LiveHub()
+
+    def get_source(source_id: str) -> Source | None:
+        if source_id in patrol:
+            return patrol[source_id]
+        return workers[0].source(source_id) if workers else None
+
+    def list_sources() -> list[str]:
+        return sorted({*patrol, *(workers[0].source_ids() if workers else [])})
+
+    def patrol_started(src: Source) -> None:
+        patrol[src.source_id] = src
+        if workers:
+            workers[0].attach(src)  # patrol streams are detected like cameras
+
+    def patrol_ended(src: Source) -> None:
+        if patrol.get(src.source_id) is src:
+            del patrol[src.source_id]
+            if workers:
+                workers[0].detach(src.source_id)
+
+    services: list[Callable[[HubState], Service]] = [UnitService.from_state]
     if settings.with_worker:
-        from detectors.worker import Worker
 
         def worker(state: HubState) -> Worker:
-            return Worker(state.site, state.bus, settings.data_dir, backend=backend,
-                          cameras=state.camera_registry.all)
+            w = Worker(state.site, state.bus, settings.data_dir, backend=backend,
+                       cameras=state.camera_registry.all)
+            workers.append(w)
+            return w
 
         services.append(worker)
-    return create_app(settings, site, services=services, routers=[mount_console])
+    services.append(lambda _state: live)  # stopped before the sources it reads
+
+    def mount_ingest(app: FastAPI) -> None:
+        def verify(token: str) -> Any:
+            return app.state.hub.accounts.verify(token)
+
+        whip, sessions = make_whip_router(
+            verify_token=verify, units=lambda unit: site.unit(unit) is not None,
+            on_source_started=patrol_started, on_source_ended=patrol_ended,
+            on_telemetry=telemetry_sink(app), ice_hosts=settings.ice_hosts,
+            ice_port_min=settings.ice_port_min, ice_port_max=settings.ice_port_max,
+            ice_servers=settings.ice_servers,
+        )
+        services.append(lambda _state: sessions)  # last started, first stopped
+        app.include_router(whip)
+        app.include_router(make_live_router(
+            verify_token=verify, get_source=get_source, list_sources=list_sources, hub=live,
+        ))
+
+    return create_app(
+        settings, site, services=services,
+        routers=[mount_console, mount_units, mount_wall_api, mount_ingest],
+    )
 
 
 def _logging(level: str) -> None:
@@ -128,6 +183,8 @@ def run(
         )
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        # Live video is already compressed: per-message deflate only burns CPU per viewer.
+        ws_per_message_deflate=False,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

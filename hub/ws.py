@@ -5,6 +5,12 @@ see it. Each client has a bounded queue drained by its own sender task; a client
 falls ``MAX_QUEUE`` messages behind, or takes no data for ``SEND_TIMEOUT_S``, is
 disconnected (code 1013 when it can still be told) so it can never slow the others; its
 page reconnects and re-fetches.
+
+Clients may also send JSON messages ``{"type": ..., "data": ...}``; each type is handed
+to the handler registered with :meth:`Clients.handle` (e.g. ``telemetry`` from a patrol
+tablet). A message that is not JSON, too large, of an unknown type, or refused by its
+handler (:class:`InboundError`) gets ``{"type": "error", "data": {...}}`` back through
+the client's own bounded queue; the connection stays open.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +33,18 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is dropped
+MAX_INBOUND_BYTES = 16 * 1024  # larger client messages are refused unparsed
+
+InboundHandler = Callable[[User, Any], Awaitable[None]]
+"""Handles one client message type: gets the user and the message's ``data``."""
+
+
+class InboundError(Exception):
+    """A client message was refused; the client is told why and stays connected."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(eq=False)
@@ -46,6 +64,15 @@ class Clients:
         self._ids = itertools.count(1)
         self.send_timeout_s = send_timeout_s
         self.dropped_clients = 0
+        self.inbound_errors = 0
+        self._handlers: dict[str, InboundHandler] = {}
+
+    def handle(self, msg_type: str, handler: InboundHandler | None) -> None:
+        """Route client messages of ``msg_type`` to ``handler`` (None removes it)."""
+        if handler is None:
+            self._handlers.pop(msg_type, None)
+        else:
+            self._handlers[msg_type] = handler
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -71,7 +98,7 @@ class Clients:
         await ws.send_text(
             json.dumps({"type": "hello", "data": {"user": user.model_dump()}}, ensure_ascii=False)
         )
-        reader = asyncio.create_task(self._read(ws))
+        reader = asyncio.create_task(self._read(client))
         stalled = False
         try:
             while not reader.done():
@@ -108,10 +135,52 @@ class Clients:
                                        if client.overflowed or stalled else "")
             log.info("ws client %d (%s) gone", client.id, user.username)
 
-    @staticmethod
-    async def _read(ws: WebSocket) -> None:
-        """Consume client frames (pings, future commands) until the client goes away."""
+    async def _read(self, client: Client) -> None:
+        """Consume client frames until the client goes away; dispatch its messages."""
         while True:
-            msg = await ws.receive()
+            msg = await client.ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            frame = msg.get("text")
+            if frame is None:
+                frame = msg.get("bytes") or b""
+            await self._dispatch(client, frame)
+
+    async def _dispatch(self, client: Client, frame: str | bytes) -> None:
+        msg_type = "?"
+        try:
+            if len(frame) > MAX_INBOUND_BYTES:
+                raise InboundError(f"message over {MAX_INBOUND_BYTES} bytes", "too_large")
+            try:
+                msg = json.loads(frame)
+            except (ValueError, RecursionError) as err:
+                raise InboundError("message is not JSON", "bad_json") from err
+            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+                raise InboundError('expected {"type": ..., "data": ...}', "bad_message")
+            msg_type = msg["type"][:64]
+            handler = self._handlers.get(msg_type)
+            if handler is None:
+                raise InboundError(f"unknown message type {msg_type!r}", "unknown_type")
+            await handler(client.user, msg.get("data"))
+        except asyncio.CancelledError:
+            raise
+        except InboundError as err:
+            self.inbound_errors += 1
+            log.debug("ws client %d (%s): refused %s: %s", client.id, client.user.username,
+                      msg_type, err)
+            self._reply(client, "error", {"for": msg_type, "code": err.code, "message": str(err)})
+        except Exception:
+            self.inbound_errors += 1
+            log.exception("ws client %d (%s): handling %s failed", client.id,
+                          client.user.username, msg_type)
+            self._reply(client, "error", {"for": msg_type, "code": "internal",
+                                          "message": "the hub could not handle this message"})
+
+    @staticmethod
+    def _reply(client: Client, event_type: str, data: dict[str, Any]) -> None:
+        # ASCII: the data may echo client text, which can hold lone surrogates.
+        text = json.dumps({"type": event_type, "data": data})
+        try:
+            client.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            client.overflowed = True

@@ -106,7 +106,8 @@ async def running_hub(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+                       ws_per_message_deflate=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(30):

@@ -4,7 +4,13 @@ In memory by default (one process); Redis when ``GRIDHUB_REDIS_URL`` is set.
 """
 
 from hub.bus.base import Bus, BusError, Delivery
-from hub.bus.messages import CameraHealth, IncidentCandidate, IncidentEvent, Message
+from hub.bus.messages import (
+    CameraHealth,
+    IncidentCandidate,
+    IncidentEvent,
+    Message,
+    UnitTelemetry,
+)
 
 __all__ = [
     "Bus",
@@ -14,6 +20,7 @@ __all__ = [
     "IncidentCandidate",
     "IncidentEvent",
     "Message",
+    "UnitTelemetry",
     "make_bus",
 ]
 
