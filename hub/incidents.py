@@ -94,6 +94,8 @@ class IncidentService:
         self.store = store
         self.bus = bus
         self.camera = cameras or site.camera  # run-time camera list (hub.cameras)
+        # Where a patrol unit is now (grid cell id), set once the unit service runs.
+        self.unit_grid: Callable[[str], str | None] | None = None
         self.consumer = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.candidates_seen = 0
         self.last_error: str | None = None
@@ -181,6 +183,11 @@ class IncidentService:
     def _from_candidate(self, c: IncidentCandidate, now: datetime) -> Incident:
         cam = self.camera(c.camera_id)
         grid_id = cam.grid if cam else None
+        source_name = cam.name if cam else c.camera_id
+        unit = self.site.unit(c.camera_id) if cam is None else None
+        if unit is not None:  # a patrol stream: where the unit is now, else its home grid
+            source_name = unit.name
+            grid_id = (self.unit_grid(unit.id) if self.unit_grid else None) or unit.grid
         grid = self.site.grid(grid_id) if grid_id else None
         iid = new_incident_id(now)
         return Incident(
@@ -190,7 +197,7 @@ class IncidentService:
             severity=severity_for(self.site, c.type, c.confidence),
             source="detector",
             camera_id=c.camera_id,
-            camera_name=cam.name if cam else c.camera_id,
+            camera_name=source_name,
             grid_id=grid_id,
             grid_name=grid.name if grid else None,
             zone=c.zone,

@@ -155,8 +155,11 @@ class UnitService:
 
     @classmethod
     def from_state(cls, state: HubState) -> UnitService:
-        """Service factory for ``create_app(services=[...])``."""
-        return cls(state.site, state.bus, state.clients)
+        """Service factory for ``create_app(services=[...])``; incidents raised on a patrol
+        stream are placed in the grid cell where the unit is."""
+        svc = cls(state.site, state.bus, state.clients)
+        state.incidents.unit_grid = svc.grid_of
+        return svc
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -195,6 +198,13 @@ class UnitService:
                 await task
         self._tasks = []
         log.info("units: stopped")
+
+    def grid_of(self, unit_id: str) -> str | None:
+        """The grid cell the unit was last seen in (None when unknown or outside)."""
+        if unit_id not in self.tracker:
+            return None
+        track = self.tracker.get(unit_id)
+        return track.grid.id if track.grid is not None else None
 
     def report(self) -> dict[str, dict[str, object]]:
         """Health component for /api/health."""

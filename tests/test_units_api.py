@@ -17,7 +17,6 @@ import httpx
 import pytest
 import websockets
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
 
 from hub.api_units import mount_units
 from hub.app import HubState, create_app
@@ -35,37 +34,23 @@ G02 = "zz-jinshui-jingba-c1-g02"
 # --- the app under test ----------------------------------------------------------------
 
 
-def _mount_map(app: FastAPI) -> None:
-    """Serve /map unless console.server already does (the lead mounts it there)."""
-    if any(getattr(r, "path", None) == "/map" for r in app.routes):
-        return
-    from console.server import STATIC
-
-    @app.get("/map", include_in_schema=False)
-    async def map_page() -> FileResponse:
-        return FileResponse(STATIC / "map.html", headers={"Cache-Control": "no-cache"})
-
-
 def build_units_app(
     settings: Settings, site: Site, unit_kwargs: dict[str, Any] | None = None
 ) -> FastAPI:
-    """The process as hub.cli.build_app composes it, once it wires units in; until then
-    (or with custom UnitService settings) the same composition plus the units parts."""
+    """The process as hub.cli.build_app composes it; with custom UnitService settings, the
+    hub with the units parts only."""
     from console.server import mount_console
     from hub.cli import build_app
 
     if unit_kwargs is None:
-        app = build_app(settings, site)
-        if any(getattr(r, "path", None) == "/api/units" for r in app.routes):
-            _mount_map(app)
-            return app
-    kwargs = unit_kwargs or {}
+        return build_app(settings, site)
 
     def units(state: HubState) -> UnitService:
-        return UnitService(state.site, state.bus, state.clients, **kwargs)
+        svc = UnitService(state.site, state.bus, state.clients, **unit_kwargs)
+        state.incidents.unit_grid = svc.grid_of
+        return svc
 
-    return create_app(settings, site, services=[units],
-                      routers=[mount_console, mount_units, _mount_map])
+    return create_app(settings, site, services=[units], routers=[mount_console, mount_units])
 
 
 @asynccontextmanager
@@ -426,3 +411,28 @@ async def test_two_hubs_on_one_redis_both_track_the_unit(
             assert p1["grid"]["id"] == G02 and p1["online"] is True
             assert p1["received_at"] is not None
             assert datetime.fromisoformat(p1["received_at"]) <= datetime.now(UTC)
+
+
+async def test_incident_on_a_patrol_stream_is_placed_where_the_unit_is(hub: RunningHub) -> None:
+    """A detector incident raised on a patrol unit's stream gets the grid cell of the unit's
+    last fix and the unit's name (home grid before any fix)."""
+    from hub.bus import IncidentCandidate
+
+    def cand(event_id: str) -> IncidentCandidate:
+        now = datetime.now(UTC)
+        return IncidentCandidate(
+            event_id=event_id, phase="start", type="person_down", camera_id="patrol-01",
+            at=now, started_at=now, confidence=0.7, boxes=[(1, 2, 3, 4)], frame_size=(64, 36),
+        )
+
+    async with socket_of(hub, "operator") as op, socket_of(hub, "patrol-01") as patrol:
+        await hub.state.bus.publish(cand("before-fix"))  # type: ignore[attr-defined]
+        first = await op.wait("incident.created", lambda d: d.get("camera_id") == "patrol-01")
+        assert first["grid_id"] == "zz-jinshui-jingba"  # units.yaml: its home grid
+        await patrol.send({"type": "telemetry", "data": fix(113.667, 34.767)})
+        await op.wait("unit.telemetry", of("patrol-01"))
+        await hub.state.bus.publish(cand("after-fix"))  # type: ignore[attr-defined]
+        inc = await op.wait("incident.created",
+                            lambda d: d.get("camera_id") == "patrol-01" and d["id"] != first["id"])
+        assert inc["grid_id"] == G01
+        assert inc["camera_name"] == "巡逻一号车"
