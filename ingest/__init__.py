@@ -1,8 +1,12 @@
 """Ingest: video sources in, latest decoded frames (and later encoded packets) out.
 
-Owns the sources: files played as cameras and the built-in demo scene today; RTSP
-cameras and WHIP patrol streams next. A source never raises into its owner: it goes
-offline with a reason and retries.
+Owns the sources (``source.py`` is their contract): files played as cameras and the
+built-in demo scene (``file_source``, ``demo_scene``), RTSP street cameras (``rtsp``) and
+WHIP patrol streams (``whip`` sans-I/O, ``webrtc`` aiortc, ``whip_http`` endpoints). Each
+gives the latest decoded frame to detection and its encoded H.264 packets to a
+``PacketRing``, from which the live wall muxes fragmented MP4 once per source (``live``,
+``live_http``). A source never raises into its owner: it goes offline with a reason and
+retries.
 """
 
 from __future__ import annotations

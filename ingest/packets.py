@@ -34,7 +34,9 @@ class StreamInfo:
     width: int
     height: int
     time_base: Fraction
-    extradata: bytes | None = None  # avcC for H.264 in MP4; None for Annex B streams
+    # avcC (MP4 files) or Annex B SPS/PPS (RTSP: the SDP's sprop-parameter-sets); None
+    # when the parameter sets only come in-band.
+    extradata: bytes | None = None
     fps: float | None = None
 
 

@@ -20,6 +20,8 @@ const DICT = {
     "login.hint": "请使用分配给您的账号登录。",
 
     "header.logout": "退出登录",
+    "nav.wall": "视频墙",
+    "nav.map": "网格地图",
     "header.clock": "当前时间",
 
     "age.now": "刚刚",
@@ -149,6 +151,8 @@ const DICT = {
     "login.hint": "Sign in with the account assigned to you.",
 
     "header.logout": "Sign out",
+    "nav.wall": "Video wall",
+    "nav.map": "Grid map",
     "header.clock": "Current time",
 
     "age.now": "just now",
