@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ingest.file_source import FileSource
+from ingest.fmp4 import codec_string, parse_avcc, sps_dimensions
 from ingest.live import (
     Fragment,
     FragmentMuxer,
@@ -26,9 +27,6 @@ from ingest.live import (
     Status,
     Viewer,
     ViewerDropped,
-    codec_string,
-    parse_avcc,
-    sps_dimensions,
 )
 from ingest.packets import StreamInfo, VideoPacket
 
