@@ -6,8 +6,9 @@ each packet into one ``moof``+``mdat`` fragment (one frame per fragment, so a fr
 leaves as soon as it arrives) behind an init segment (``ftyp``+``moov``) built from the
 stream's avcC, or from the SPS/PPS found in an Annex B stream without extradata. The
 boxes are written here (:class:`FragmentMuxer` with :mod:`ingest.fmp4`, sans-I/O):
-PyAV's mp4 muxer holds each fragment until the next packet arrives (one frame of latency) and needs monotonic
-timestamps, which looping files and reconnecting cameras do not give.
+PyAV's mp4 muxer holds each fragment until the next packet arrives (one frame of
+latency) and needs monotonic timestamps, which looping files and reconnecting cameras do
+not give.
 
 Viewers live on the event loop. Each fragment crosses to the loop once per stream
 (``loop.call_soon_threadsafe``) and is offered to every :class:`Viewer`'s bounded
