@@ -65,12 +65,12 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
 
     workers: list[Worker] = []
     patrol: dict[str, Source] = {}  # live WHIP sources by unit id
-    live = LiveHub()
-
     def get_source(source_id: str) -> Source | None:
         if source_id in patrol:
             return patrol[source_id]
         return workers[0].source(source_id) if workers else None
+
+    live = LiveHub(resolve=get_source)
 
     def list_sources() -> list[str]:
         return sorted({*patrol, *(workers[0].source_ids() if workers else [])})

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -471,10 +472,16 @@ class LiveHub:
     Also a hub service: ``start``/``stop`` and ``report`` for ``/api/health``.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None,
+                 resolve: Callable[[str], Source | None] | None = None) -> None:
+        """``resolve(source_id)`` gives the current source for an id: when a source is
+        replaced (a camera reconfigured, a patrol unit publishing again) the old stream
+        is closed, so its viewers reconnect to the new one."""
         self.limits = limits or Limits()
+        self.resolve = resolve
         self._streams: dict[str, LiveStream] = {}
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._clients = itertools.count(1)
         self.dropped_viewers = 0
         self.total_skips = 0
@@ -529,6 +536,10 @@ class LiveHub:
         if not stream.viewers:
             await self._close_stream(sid)
 
+    async def _close_if_current(self, sid: str, stream: LiveStream) -> None:
+        if self._streams.get(sid) is stream:  # not already replaced by watch()
+            await self._close_stream(sid)
+
     async def _close_stream(self, sid: str) -> None:
         stream = self._streams.pop(sid, None)
         task = self._health_tasks.pop(sid, None)
@@ -546,8 +557,18 @@ class LiveHub:
     async def _follow_health(self, stream: LiveStream) -> None:
         """Tell viewers when the source goes offline or comes back."""
         last = source_status(stream.source)
+        sid = stream.source.source_id
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
+            current = self.resolve(sid) if self.resolve is not None else None
+            if current is not None and current is not stream.source:
+                log.info("live %s: source replaced, closing the old stream", sid)
+                # Not awaited here: closing cancels this very task.
+                closing = asyncio.create_task(self._close_if_current(sid, stream),
+                                              name=f"live-close-{sid}")
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+                return
             now = source_status(stream.source)
             if now != last:
                 last = now
