@@ -96,7 +96,7 @@ def first_frame(url: str, transport: str) -> float:
 
 
 def recovery(server: object, outage_s: float) -> tuple[float, float]:
-    src = RtspSource("bench", server.url(), backoff_max_s=10.0)  # type: ignore[attr-defined]
+    src = RtspSource("bench", server.url())  # type: ignore[attr-defined]  # default backoff
     src.start()
     try:
         wait_until(lambda: src.health.status == "online", 10)

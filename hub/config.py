@@ -122,7 +122,10 @@ class RtspSourceConfig(Strict):
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over RTSP/TCP or UDP.")
     open_timeout_s: float = Field(5.0, gt=0, le=60, description="Give up connecting after this.")
     stall_s: float = Field(5.0, gt=0, le=120, description="No packet for this long: reconnect.")
-    backoff_max_s: float = Field(10.0, gt=0, le=300, description="Longest wait between retries.")
+    backoff_max_s: float = Field(
+        2.0, gt=0, le=300,
+        description="Longest wait between retries (small: a camera is back within 3 s).",
+    )
 
 
 SourceConfig = Annotated[

@@ -292,7 +292,7 @@ class RtspSource(Source):
         open_timeout_s: float = 5.0,
         stall_s: float = 5.0,
         backoff_initial_s: float = 0.25,
-        backoff_max_s: float = 10.0,
+        backoff_max_s: float = 2.0,
         slot: LatestFrame | None = None,
         packets: PacketRing | None = None,
     ) -> None:

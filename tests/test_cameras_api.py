@@ -184,12 +184,16 @@ async def test_real_rtsp_camera_added_changed_removed(hub: RunningHub, tmp_path:
                                     lambda x: x["status"] == "online" and x["frames"] > 0)
             assert (cam["width"], cam["height"], cam["codec"]) == (640, 360, "h264")
             assert cam["fps"] > 0 and cam["bitrate_kbps"] > 0
+            worker = next(s for s in hub.state.services if hasattr(s, "source_ids"))  # type: ignore[attr-defined]
+            async with asyncio.timeout(20):  # the detector runs on the RTSP camera too
+                while not any(p.source_id == "cam-rtsp" and p.inferences > 0  # noqa: ASYNC110
+                              for p in worker.pipelines):  # a counter on a thread: polled
+                    await asyncio.sleep(0.1)
             r = await c.patch("/api/cameras/cam-rtsp", json={"url": UNREACHABLE}, headers=admin)
             assert r.status_code == 200, r.text
             await wait_camera(c, admin, "cam-rtsp", lambda x: x["status"] == "offline"
                               and x["reason"] not in (None, "starting"))
             assert (await c.delete("/api/cameras/cam-rtsp", headers=admin)).status_code == 204
-            worker = next(s for s in hub.state.services if hasattr(s, "source_ids"))  # type: ignore[attr-defined]
             assert worker.source_ids() == []
     finally:
         await asyncio.to_thread(server.kill)
