@@ -82,36 +82,22 @@ class RunningHub:
 
 
 @asynccontextmanager
-async def running_hub(
-    config: Path, data: Path, *, redis_url: str | None = None, prefix: str = "gridhub",
-    with_worker: bool = False,
-) -> AsyncIterator[RunningHub]:
-    """The hub (API, console, bus, store) on a real uvicorn on port 0; cameras and
-    detection only ``with_worker``."""
+async def serve_app(app: object) -> AsyncIterator[RunningHub]:
+    """Any ASGI app (with its lifespan) on a real uvicorn on 127.0.0.1:<random port>."""
     import asyncio
 
     import uvicorn
 
-    from hub.cli import build_app
-    from hub.config import load_config
-    from hub.settings import Settings
-
-    site = load_config(config)
-    settings = Settings(
-        config_dir=config, data_dir=data, port=0, with_worker=with_worker,
-        max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix,
-    )
-    app = build_app(settings, site)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,  # type: ignore[arg-type]
                        ws_per_message_deflate=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(30):
-        while not server.started:
+    async with asyncio.timeout(60):
+        while not server.started:  # uvicorn has no started event to wait on
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)
@@ -121,6 +107,26 @@ async def running_hub(
         server.should_exit = True
         await asyncio.wait_for(task, 30)
         sock.close()
+
+
+@asynccontextmanager
+async def running_hub(
+    config: Path, data: Path, *, redis_url: str | None = None, prefix: str = "gridhub",
+    with_worker: bool = False, **settings_kw: object,
+) -> AsyncIterator[RunningHub]:
+    """The hub (API, console, bus, store) built by ``build_app`` on a real uvicorn on port
+    0; cameras and detection only ``with_worker``; other Settings fields by keyword."""
+    from hub.cli import build_app
+    from hub.config import load_config
+    from hub.settings import Settings
+
+    settings = Settings(
+        config_dir=config, data_dir=data, port=0, with_worker=with_worker,
+        max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix,
+        **settings_kw,  # type: ignore[arg-type]
+    )
+    async with serve_app(build_app(settings, load_config(config))) as hub:
+        yield hub
 
 
 @pytest.fixture

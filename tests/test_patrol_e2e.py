@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, running_hub
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -63,38 +62,9 @@ def patrol_site(demo_config: Path) -> Path:
 
 @asynccontextmanager
 async def composed_hub(config: Path, data: Path) -> AsyncIterator[RunningHub]:
-    """``build_app`` with the worker, ICE on 127.0.0.1 only, on a real uvicorn on port 0
-    (conftest's ``running_hub`` with the ICE setting it does not pass)."""
-    import uvicorn
-
-    from hub.cli import build_app
-    from hub.config import load_config
-    from hub.settings import Settings
-
-    settings = Settings(
-        config_dir=config, data_dir=data, port=0, with_worker=True,
-        max_body_bytes=64 * 1024, ice_hosts=("127.0.0.1",),
-    )
-    app = build_app(settings, load_config(config))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
-        ws_per_message_deflate=False,
-    ))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(60):
-        while not server.started:  # uvicorn has no started event to wait on
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    try:
-        yield RunningHub(app, sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        sock.close()
+    """``build_app`` with the worker, ICE on 127.0.0.1 only, on a real uvicorn on port 0."""
+    async with running_hub(config, data, with_worker=True, ice_hosts=("127.0.0.1",)) as hub:
+        yield hub
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from hub.config import Site, load_config
 from hub.settings import Settings
 from hub.units import UnitService, find_unit_service, telemetry_sink
 from hub.ws import Clients
-from tests.conftest import DEMO, REDIS_URL, RunningHub
+from tests.conftest import DEMO, REDIS_URL, RunningHub, serve_app
 
 G01 = "zz-jinshui-jingba-c1-g01"
 G02 = "zz-jinshui-jingba-c1-g02"
@@ -59,32 +58,13 @@ async def units_hub(
     unit_kwargs: dict[str, Any] | None = None,
 ) -> AsyncIterator[RunningHub]:
     """Like conftest.running_hub (real uvicorn on port 0), with unit tracking mounted."""
-    import uvicorn
-
     site = load_config(config)
     settings = Settings(
         config_dir=config, data_dir=data, port=0, with_worker=False,
         max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix,
     )
-    app = build_units_app(settings, site, unit_kwargs)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(30):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    try:
-        yield RunningHub(app, sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        sock.close()
+    async with serve_app(build_units_app(settings, site, unit_kwargs)) as hub:
+        yield hub
 
 
 @pytest.fixture

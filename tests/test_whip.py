@@ -9,7 +9,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from ingest.webrtc import IceSettings, WhipSessions, WhipSource
+from tests.conftest import serve_app
 
 ROOT = Path(__file__).resolve().parents[1]
 GST_CLIENT = ROOT / "tests" / "peers" / "gst_whip_client.py"
@@ -102,7 +102,6 @@ async def whip_hub(
     config: Path, data: Path, *, stall_s: float = 5.0, timeout_s: float = 20.0, **ice: Any
 ) -> AsyncIterator[WhipHub]:
     """The hub (API, console, WHIP) on a real uvicorn on 127.0.0.1, port 0."""
-    import uvicorn
     from fastapi import FastAPI
 
     from console.server import STATIC, mount_console
@@ -132,23 +131,8 @@ async def whip_hub(
 
     app = create_app(settings, site, services=[lambda state: holder[0]],
                      routers=[mount_console, add_whip])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(60):
-        while not server.started:  # uvicorn has no started event to wait on
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    try:
-        yield WhipHub(f"http://127.0.0.1:{sock.getsockname()[1]}", holder[0], rec)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        sock.close()
+    async with serve_app(app) as running:
+        yield WhipHub(running.url, holder[0], rec)
     assert len(holder[0]) == 0, "sessions left after shutdown"
 
 
