@@ -12,7 +12,6 @@ import asyncio
 import logging
 from datetime import datetime
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
 from fastapi.responses import Response
@@ -39,6 +38,7 @@ from hub.models import (
     User,
 )
 from hub.store import NotFound
+from hub.urls import mask_url
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -137,25 +137,13 @@ async def departments(state: St, user: Me) -> list[DepartmentOut]:
     return [DepartmentOut(**d.model_dump()) for d in state.site.departments]
 
 
-def mask_url(url: str | None) -> str | None:
-    """The URL with any password replaced, for display and logs."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _camera_out(state: HubState, c: CameraConfig) -> CameraOut:
+def _camera_out(state: HubState, c: CameraConfig, admin: bool = True) -> CameraOut:
     h = state.cameras.get(c.id)
     src = c.source
     url = sub = None
-    if isinstance(src, RtspSourceConfig):
-        url, sub = mask_url(src.url), mask_url(src.sub_url)
+    if isinstance(src, RtspSourceConfig) and admin:  # addresses are for admins only
+        url = mask_url(src.url)
+        sub = mask_url(src.sub_url) if src.sub_url else None
     health = h.model_dump(exclude={"v", "camera_id", "status", "reason"}) if h else {}
     return CameraOut(
         id=c.id, name=c.name, grid=c.grid, kind=src.type, url=url, sub_url=sub,
@@ -183,7 +171,8 @@ def _camera_error(err: CameraError) -> HTTPException:
 @router.get("/api/cameras", response_model=list[CameraOut], tags=["cameras"])
 async def cameras(state: St, user: Me) -> list[CameraOut]:
     """Cameras with their live health (status, reason, fps, bitrate, reconnects...)."""
-    return [_camera_out(state, c) for c in state.camera_registry.all()]
+    admin = user.role == "admin"
+    return [_camera_out(state, c, admin) for c in state.camera_registry.all()]
 
 
 @router.get("/api/cameras/{camera_id}", response_model=CameraOut, tags=["cameras"])
@@ -192,7 +181,7 @@ async def camera(state: St, user: Me, camera_id: str) -> CameraOut:
     c = state.camera_registry.get(camera_id)
     if c is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {camera_id!r}")
-    return _camera_out(state, c)
+    return _camera_out(state, c, user.role == "admin")
 
 
 @router.post("/api/cameras", response_model=CameraOut, status_code=201, tags=["cameras"])

@@ -76,6 +76,7 @@ import av
 import av.error
 from av.video.stream import VideoStream
 
+from hub.urls import mask_url, url_secrets
 from ingest.frames import Frame, LatestFrame
 from ingest.packets import PacketRing, StreamInfo, VideoPacket
 from ingest.source import Source
@@ -97,38 +98,11 @@ STATUS_EVERY_S = 0.5  # how often the stream threads re-evaluate the status
 UDP_BUFFER_BYTES = 2 << 20  # socket receive buffer for RTP over UDP
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (user and host kept).
-
-    The userinfo ends at the last ``@``, so passwords may hold ``@ : /``; an ``@`` in the
-    path of a URL without credentials can mask more than needed, never less.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    at = rest.rfind("@")
-    if at < 0:
-        return url
-    userinfo = rest[:at]
-    if ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{rest[at + 1:]}"
-
-
-def _password(url: str) -> str | None:
-    rest = url.partition("://")[2]
-    at = rest.rfind("@")
-    userinfo = rest[:at] if at >= 0 else ""
-    return userinfo.split(":", 1)[1] if ":" in userinfo else None
-
-
 def redact(text: str, url: str) -> str:
     """``text`` with ``url`` masked and its password, if any, replaced by ``***``."""
     text = text.replace(url, mask_url(url))
-    pw = _password(url)
-    if pw:
-        text = text.replace(pw, "***")
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
     return text
 
 

@@ -61,6 +61,9 @@ async def test_add_unreachable_camera_shows_offline_with_reason(hub: RunningHub)
         assert cam["kind"] == "rtsp"
         listed = (await c.get("/api/cameras", headers=admin)).json()
         assert [x["id"] for x in listed] == ["cam-new"]
+        for user in ("operator", "civil-affairs", "patrol-01"):  # addresses: admins only
+            seen = (await c.get("/api/cameras", headers=await login(c, user))).json()
+            assert seen[0]["id"] == "cam-new" and seen[0]["url"] is None, user
         assert (await c.get("/api/health")).status_code == 200  # the hub is fine
 
 
