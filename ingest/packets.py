@@ -64,7 +64,9 @@ class PacketRing:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._packets: deque[VideoPacket] = deque()
+        self._key_times: deque[float] = deque()  # arrival of each keyframe in the ring
         self._bytes = 0
+        self.overflows = 0  # times one GOP alone was over max_bytes and the ring emptied
         self._info: StreamInfo | None = None
         self._listeners: list[Listener] = []
         self.total_packets = 0
@@ -79,6 +81,7 @@ class PacketRing:
         with self._lock:
             if info != self._info:
                 self._packets.clear()
+                self._key_times.clear()
                 self._bytes = 0
             self._info = info
 
@@ -89,6 +92,8 @@ class PacketRing:
                 raise RuntimeError("set_info() before put()")
             if self._packets or pkt.keyframe:  # never start the ring mid-GOP
                 self._packets.append(pkt)
+                if pkt.keyframe:
+                    self._key_times.append(pkt.t)
                 self._bytes += len(pkt.data)
                 self._trim(pkt.t)
             self.total_packets += 1
@@ -103,18 +108,22 @@ class PacketRing:
 
     def _trim(self, now: float) -> None:
         # Drop whole GOPs from the front while the rest still covers preroll_s (or while
-        # over the byte budget), so the ring always starts on a keyframe.
-        while True:
-            second_key = next(
-                (i for i, p in enumerate(self._packets) if i > 0 and p.keyframe), None
-            )
-            if second_key is None:
-                return
-            over_bytes = self._bytes > self.max_bytes
-            if not over_bytes and now - self._packets[second_key].t < self.preroll_s:
-                return
-            for _ in range(second_key):
+        # over the byte budget), so the ring always starts on a keyframe. A single GOP over
+        # the budget (a camera with no keyframes for a long time) empties the ring: it
+        # starts again at the next keyframe.
+        keys = self._key_times
+        while len(keys) >= 2 and (
+            self._bytes > self.max_bytes or now - keys[1] >= self.preroll_s
+        ):
+            keys.popleft()
+            self._bytes -= len(self._packets.popleft().data)  # the old keyframe
+            while self._packets and not self._packets[0].keyframe:
                 self._bytes -= len(self._packets.popleft().data)
+        if self._bytes > self.max_bytes:
+            self._packets.clear()
+            keys.clear()
+            self._bytes = 0
+            self.overflows += 1
 
     def snapshot(self, since_t: float | None = None) -> tuple[StreamInfo | None, list[VideoPacket]]:
         """The buffered packets (from a keyframe); with ``since_t``, from the last keyframe
