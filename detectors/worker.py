@@ -162,18 +162,26 @@ class Worker:
         self.attach(src, cam)
 
     async def apply(self, change: CameraChanged) -> None:
-        """Follow a run-time camera change: start, restart or stop its source."""
+        """Follow a run-time camera change: start, restart or stop its source. A change
+        that leaves the source as it was (name, zones, position) keeps it running."""
+        cam: CameraConfig | None = None
+        if change.camera is not None:
+            try:
+                cam = CameraConfig.model_validate(change.camera)
+            except ValidationError as err:
+                log.error("camera %s: change ignored, invalid: %s", change.camera_id, err)
+                return
+        with self._plock:
+            current = self._pipelines.get(change.camera_id)
+            if (cam is not None and cam.enabled and current is not None
+                    and current.camera is not None and current.camera.source == cam.source):
+                current.camera = cam
+                log.info("camera %s: settings changed, stream kept", cam.id)
+                return
         old = self.detach(change.camera_id)
         if old is not None:
             await asyncio.to_thread(old.stop)
-        if change.camera is None:
-            return
-        try:
-            cam = CameraConfig.model_validate(change.camera)
-        except ValidationError as err:
-            log.error("camera %s: change ignored, invalid: %s", change.camera_id, err)
-            return
-        if cam.enabled:
+        if cam is not None and cam.enabled and not self._stop.is_set():
             await asyncio.to_thread(self._start_camera, cam)
 
     async def start(self) -> None:
@@ -182,7 +190,11 @@ class Worker:
         # Listen before starting cameras so no change made meanwhile is missed.
         ready = asyncio.Event()
         self._changes_task = asyncio.create_task(self._follow_changes(ready), name="cam-changes")
-        await ready.wait()
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({waiter, self._changes_task}, timeout=10)
+        waiter.cancel()
+        if not ready.is_set():
+            log.warning("worker: not yet listening for camera changes (bus down?); retrying")
         for cam in self._initial_cameras():
             if not cam.enabled:
                 continue
@@ -194,13 +206,24 @@ class Worker:
                  self.site.rules.detect_fps)
 
     async def _follow_changes(self, ready: asyncio.Event) -> None:
-        async with self.bus.listen(CameraChanged) as changes:
-            ready.set()
-            async for change in changes:
-                try:
-                    await self.apply(change)
-                except Exception:  # one bad change never stops the worker
-                    log.exception("camera %s: applying change failed", change.camera_id)
+        backoff = 0.5
+        while True:
+            try:
+                async with self.bus.listen(CameraChanged) as changes:
+                    ready.set()
+                    backoff = 0.5
+                    async for change in changes:
+                        try:
+                            await self.apply(change)
+                        except Exception:  # one bad change never stops the worker
+                            log.exception("camera %s: applying change failed", change.camera_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the bus went away: listen again (changes meanwhile
+                # are missed until the worker restarts; they are stored by the hub)
+                log.warning("worker: camera change listener failed (%s); retrying", err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -211,8 +234,10 @@ class Worker:
                     await task
                 except asyncio.CancelledError:
                     pass
-        for p in self.pipelines:
-            await asyncio.to_thread(p.source.stop)
+                except Exception:  # already failed: its error was logged; stop the rest
+                    log.exception("worker: background task failed")
+        # Stop every source at once: one stuck in a slow connect must not hold up the rest.
+        await asyncio.gather(*(asyncio.to_thread(p.source.stop) for p in self.pipelines))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
 
@@ -263,7 +288,7 @@ class Worker:
             for msg in self.health():
                 try:
                     await self.bus.broadcast(msg)
-                except BusError as err:
+                except (BusError, OSError) as err:
                     log.warning("worker: health broadcast failed: %s", err)
             await asyncio.sleep(HEALTH_EVERY_S)
 

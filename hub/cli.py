@@ -108,6 +108,7 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
             on_telemetry=telemetry_sink(app), ice_hosts=settings.ice_hosts,
             ice_port_min=settings.ice_port_min, ice_port_max=settings.ice_port_max,
             ice_servers=settings.ice_servers,
+            allow_admin=False,  # only a unit's own account publishes as that unit
         )
         services.append(lambda _state: sessions)  # last started, first stopped
         app.include_router(whip)
@@ -161,6 +162,16 @@ def run(
 
     _logging(log_level)
     site = _load(config)
+    try:  # bad ICE settings are a configuration error (exit 2), checked before the model
+        from ingest.webrtc import IceSettings
+
+        env = Settings.from_env(config, data)
+        IceSettings(hosts=env.ice_hosts, port_min=env.ice_port_min,
+                    port_max=env.ice_port_max, servers=env.ice_servers)
+    except ValueError as err:
+        from hub.urls import mask_url
+
+        _fail([f"environment: {mask_url(str(err))}"])
     backend = None
     if worker:
         try:
@@ -185,6 +196,9 @@ def run(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
         # Live video is already compressed: per-message deflate only burns CPU per viewer.
         ws_per_message_deflate=False,
+        # Nothing a client sends over a WebSocket is big (telemetry, control): refuse
+        # frames over 64 KiB instead of buffering up to uvicorn's default 16 MiB.
+        ws_max_size=64 * 1024,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )

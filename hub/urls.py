@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 
 _PARAM = re.compile(r"(?i)\b(password|passwd|pwd|pass|pw)=([^&;/?#]*)")
+_LOOSE_USERINFO = re.compile(r"(?<=:)[^:@/\s'\"]+(?=@)")  # user:SECRET@ in free text
 
 
 def mask_url(url: str) -> str:
     """The URL with every password replaced by ``***`` (user and host kept)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _PARAM.sub(r"\1=***", url)
+    if not sep:  # not a URL (a typo, or text around one): mask what looks like a secret
+        return _PARAM.sub(r"\1=***", _LOOSE_USERINFO.sub("***", url))
     at = rest.rfind("@")
     if at >= 0 and ":" in rest[:at]:
         user = rest[:at].split(":", 1)[0]

@@ -420,8 +420,10 @@ class LiveStream:
                 log.warning("live %s: %s", self.source_id, err)
                 self._post(self._status)
             return
-        except (ValueError, IndexError) as err:  # a damaged packet or parameter set
-            log.warning("live %s: packet dropped: %s", self.source_id, err)
+        except Exception as err:  # a damaged packet or parameter set (ValueError,
+            # struct.error on absurd SPS sizes, ...): drop it; never lose the listener
+            log.warning("live %s: packet dropped: %s: %s", self.source_id,
+                        type(err).__name__, err)
             return
         if self._status is not None:  # H.264 again after an unsupported stream
             self._status = None
@@ -560,9 +562,10 @@ class LiveHub:
         sid = stream.source.source_id
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
-            current = self.resolve(sid) if self.resolve is not None else None
-            if current is not None and current is not stream.source:
-                log.info("live %s: source replaced, closing the old stream", sid)
+            if self.resolve is not None and self.resolve(sid) is not stream.source:
+                # Replaced (viewers reconnect to the new source) or gone (removed, disabled,
+                # session ended: the reconnect is told 4404 and the tile says so).
+                log.info("live %s: source replaced or gone, closing the stream", sid)
                 # Not awaited here: closing cancels this very task.
                 closing = asyncio.create_task(self._close_if_current(sid, stream),
                                               name=f"live-close-{sid}")

@@ -343,8 +343,12 @@ class WhipSessions:
         if len(self._by_unit) + len(self._pending) >= self.max_sessions:
             raise TooManySessions(f"the hub takes at most {self.max_sessions} WHIP sessions")
         self._pending.add(unit_id)  # reserved before the first await: no double publish
-        pc = WhipPeerConnection(self.ice)
-        source = WhipSource(unit_id, max_kbps=self.hints.max_kbps * 2)
+        try:
+            pc = WhipPeerConnection(self.ice)
+            source = WhipSource(unit_id, max_kbps=self.hints.max_kbps * 2)
+        except BaseException:
+            self._pending.discard(unit_id)  # never leave the unit reserved (409 forever)
+            raise
         session = WhipSession(id=secrets.token_urlsafe(16), unit_id=unit_id,
                               username=username, pc=pc, source=source)
         try:

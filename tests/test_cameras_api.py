@@ -192,10 +192,18 @@ async def test_real_rtsp_camera_added_changed_removed(hub: RunningHub, tmp_path:
                 while not any(p.source_id == "cam-rtsp" and p.inferences > 0  # noqa: ASYNC110
                               for p in worker.pipelines):  # a counter on a thread: polled
                     await asyncio.sleep(0.1)
+            running = worker.source("cam-rtsp")
+            r = await c.patch("/api/cameras/cam-rtsp", json={"name": "改名", "zones": [
+                {"id": "road", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}]}, headers=admin)
+            assert r.status_code == 200, r.text
+            assert worker.source("cam-rtsp") is running, "a rename must not reconnect"
+            assert next(p for p in worker.pipelines if p.source_id == "cam-rtsp") \
+                .camera.name == "改名"
             r = await c.patch("/api/cameras/cam-rtsp", json={"url": UNREACHABLE}, headers=admin)
             assert r.status_code == 200, r.text
             await wait_camera(c, admin, "cam-rtsp", lambda x: x["status"] == "offline"
                               and x["reason"] not in (None, "starting"))
+            assert worker.source("cam-rtsp") is not running, "a new URL is a new stream"
             assert (await c.delete("/api/cameras/cam-rtsp", headers=admin)).status_code == 204
             assert worker.source_ids() == []
     finally:
