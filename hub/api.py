@@ -207,18 +207,6 @@ async def change_camera(
     """Change a camera while running (admin); its source restarts if the URL changed."""
     _require_admin(user)
     changes = body.model_dump(exclude_unset=True)
-    old = state.camera_registry.get(camera_id)
-    if old is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {camera_id!r}")
-    src_keys = {"url", "sub_url", "transport"} & changes.keys()
-    if src_keys:
-        base = old.source.model_dump() if isinstance(old.source, RtspSourceConfig) else {}
-        if "url" not in changes and not base:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"camera {camera_id!r} is not an RTSP camera: give url as well",
-            )
-        changes["source"] = {**base, "type": "rtsp", **{k: changes.pop(k) for k in src_keys}}
     try:
         cam = await state.camera_registry.update(camera_id, changes)
     except CameraError as err:

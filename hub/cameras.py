@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from hub.bus import Bus, BusError
 from hub.bus.messages import CameraChanged
-from hub.config import CameraConfig, Site
+from hub.config import CameraConfig, RtspSourceConfig, Site
 from hub.store import Store
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,20 @@ class CameraRegistry:
         return cam
 
     async def update(self, cam_id: str, changes: dict[str, Any]) -> CameraConfig:
+        """Change fields of a camera. ``url``, ``sub_url`` and ``transport`` change its RTSP
+        source (merged here, under the lock, so concurrent changes do not undo each other)."""
         async with self._lock:
             old = self._cams.get(cam_id)
             if old is None:
                 raise UnknownCamera(f"no camera {cam_id!r}")
+            changes = dict(changes)
+            src_keys = {"url", "sub_url", "transport"} & changes.keys()
+            if src_keys:
+                base = old.source.model_dump() if isinstance(old.source, RtspSourceConfig) else {}
+                if "url" not in changes and not base:
+                    raise InvalidCamera(f"camera {cam_id!r} is not an RTSP camera: give url too")
+                changes["source"] = {**base, "type": "rtsp",
+                                     **{k: changes.pop(k) for k in src_keys}}
             merged = {**old.model_dump(mode="json"), **changes, "id": cam_id}
             try:
                 cam = CameraConfig.model_validate(merged)

@@ -208,3 +208,19 @@ async def test_real_rtsp_camera_added_changed_removed(hub: RunningHub, tmp_path:
             assert worker.source_ids() == []
     finally:
         await asyncio.to_thread(server.kill)
+
+
+async def test_concurrent_patches_both_apply(hub: RunningHub) -> None:
+    """Two PATCHes at once, one of the URL and one of the transport, both take effect."""
+    body = {"id": "c1", "name": "x", "url": UNREACHABLE, "grid": "zz-jinshui-jingba-c1-g01"}
+    other = "rtsp://127.0.0.1:9/other"
+    async with httpx.AsyncClient(base_url=hub.url) as c:
+        admin = await login(c, "admin")
+        assert (await c.post("/api/cameras", json=body, headers=admin)).status_code == 201
+        a, b = await asyncio.gather(
+            c.patch("/api/cameras/c1", json={"url": other}, headers=admin),
+            c.patch("/api/cameras/c1", json={"transport": "udp"}, headers=admin),
+        )
+        assert a.status_code == b.status_code == 200
+        cam = hub.state.camera_registry.get("c1")  # type: ignore[attr-defined]
+        assert (cam.source.url, cam.source.transport) == (other, "udp")
