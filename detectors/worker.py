@@ -14,18 +14,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
 import supervision as sv
 from pydantic import ValidationError
-from trackers import ByteTrackTracker
 
 from detectors.backends import Backend, make_backend
-from detectors.person_down import PersonDown, RuleEvent, clip_window
+from detectors.pipeline import DetectionPipeline
+from detectors.rules import RuleEvent
+from detectors.water import WaterSegmenter, make_water
 from hub.bus import Bus, BusError, CameraHealth, IncidentCandidate
 from hub.bus.messages import CameraChanged
 from hub.config import CameraConfig, Site
@@ -37,32 +38,38 @@ HEALTH_EVERY_S = 2.0
 STALE_FRAME_S = 5.0
 
 
-def make_tracker(detect_fps: float) -> ByteTrackTracker:
-    return ByteTrackTracker(
-        frame_rate=detect_fps,
-        # ByteTrack keeps a lost track for int(frame_rate / 30 * lost_track_buffer) updates,
-        # so 120 keeps it for about 4 s whatever the detection rate.
-        lost_track_buffer=120,
-        track_activation_threshold=0.4,
-        high_conf_det_threshold=0.5,
-        minimum_consecutive_frames=1,
-    )
+def clip_window(started: datetime, pre_s: float = 10.0, post_s: float = 30.0
+                ) -> tuple[datetime, datetime]:
+    """The evidence clip window around an event's start."""
+    return started - timedelta(seconds=pre_s), started + timedelta(seconds=post_s)
 
 
-def draw_snapshot(frame: np.ndarray, det: sv.Detections, ev: RuleEvent, label: str) -> bytes:
-    """JPEG of the frame with every person box and the event's box drawn."""
+def draw_snapshot(frame: np.ndarray, det: sv.Detections, ev: RuleEvent,
+                  water: np.ndarray | None = None) -> bytes:
+    """JPEG of the frame with every person box, the water (flooding) and the event drawn."""
     img = frame.copy()
+    if ev.type == "flooding" and water is not None and water.shape[:2] == img.shape[:2]:
+        tint = img.copy()
+        tint[water] = (0.5 * tint[water] + (128, 64, 0)).astype(np.uint8)
+        img = tint
+    for poly in ev.polygons:
+        cv2.polylines(img, [np.array(poly, np.int32)], True, (255, 128, 0), 2)
     meaning = det.data.get("meaning", np.array([], dtype=object))
     for i in range(len(det)):
         x1, y1, x2, y2 = (int(v) for v in det.xyxy[i])
         colour = (0, 0, 255) if meaning[i] == "person_down" else (80, 200, 80)
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
-    x1, y1, x2, y2 = (int(v) for v in ev.box)
-    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 4)
-    text = f"{label} {ev.confidence:.2f}"
+    x1, y1 = 8, 40
+    if ev.box is not None:
+        x1, y1, x2, y2 = (int(v) for v in ev.box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 4)
+    text = f"{ev.type} {ev.confidence:.2f}"
+    if "coverage" in ev.attributes:
+        text += f" {100 * ev.attributes['coverage']:.0f}%"
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.8, 2)
-    cv2.rectangle(img, (x1, max(0, y1 - th - 10)), (x1 + tw + 8, y1), (0, 0, 255), -1)
-    cv2.putText(img, text, (x1 + 4, max(th, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
+    y1 = max(th + 10, y1)
+    cv2.rectangle(img, (x1, y1 - th - 10), (x1 + tw + 8, y1), (0, 0, 255), -1)
+    cv2.putText(img, text, (x1 + 4, y1 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
                 (255, 255, 255), 2, cv2.LINE_AA)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
@@ -77,12 +84,8 @@ class CameraPipeline:
     source_id: str
     camera: CameraConfig | None  # None for a patrol unit's stream
     source: Source
-    tracker: ByteTrackTracker
-    person_down: PersonDown
+    detection: DetectionPipeline
     next_due: float = 0.0
-    last_seq: int = 0
-    inferences: int = 0
-    infer_ms: list[float] = field(default_factory=list)
 
 
 class Worker:
@@ -101,6 +104,7 @@ class Worker:
         self.bus = bus
         self.data_dir = data_dir
         self.backend = backend
+        self.water: WaterSegmenter | None = None
         self._initial_cameras = cameras or (lambda: list(site.cameras))
         self._pipelines: dict[str, CameraPipeline] = {}
         self._plock = threading.Lock()
@@ -118,6 +122,8 @@ class Worker:
         """Load the backend now (raises ModelError naming the file)."""
         if self.backend is None:
             self.backend = make_backend(self.site.rules.detector, self.site.root)
+        if self.water is None and self.site.rules.flooding.enabled:
+            self.water = make_water(self.site.rules.flooding.water, self.site.root)
 
     @property
     def pipelines(self) -> list[CameraPipeline]:
@@ -137,10 +143,9 @@ class Worker:
     def attach(self, source: Source, camera: CameraConfig | None = None) -> None:
         """Run detection on a started source, replacing one with the same id (whose owner
         stops it)."""
-        pipe = CameraPipeline(
-            source.source_id, camera, source, make_tracker(self.site.rules.detect_fps),
-            PersonDown(self.site.rules.person_down),
-        )
+        assert self.backend is not None, "load_model() first"
+        pipe = CameraPipeline(source.source_id, camera, source, DetectionPipeline(
+            source.source_id, self.site.rules, self.backend, camera, self.water))
         with self._plock:
             old = self._pipelines.get(source.source_id)
             self._pipelines[source.source_id] = pipe
@@ -175,6 +180,8 @@ class Worker:
             current = self._pipelines.get(change.camera_id)
             if (cam is not None and cam.enabled and current is not None
                     and current.camera is not None and current.camera.source == cam.source):
+                if current.camera.zones != cam.zones:
+                    current.detection.reconfigure(cam)
                 current.camera = cam
                 log.info("camera %s: settings changed, stream kept", cam.id)
                 return
@@ -268,18 +275,20 @@ class Worker:
 
     def report(self) -> dict[str, dict[str, object]]:
         """Detector figures for /api/health."""
-        ms = sorted(m for p in self.pipelines for m in p.infer_ms)
+        ms = sorted(m for p in self.pipelines for m in p.detection.infer_ms)
         alive = self._thread is not None and self._thread.is_alive()
         return {
             "detector": {
                 "status": "ok" if alive and self.backend is not None else "down",
                 "model": str(getattr(self.backend, "path", "")) or None,
                 "detect_fps": self.site.rules.detect_fps,
-                "inferences": sum(p.inferences for p in self.pipelines),
+                "inferences": sum(p.detection.inferences for p in self.pipelines),
+                "frames_skipped_static": sum(p.detection.gate.skipped for p in self.pipelines
+                                             if p.detection.gate is not None),
                 "infer_ms_p50": round(ms[len(ms) // 2], 1) if ms else None,
                 "errors": self.errors,
                 "last_error": self.last_error,
-                "active_person_down_events": sum(p.person_down.active for p in self.pipelines),
+                "active_events": sum(p.detection.active_events for p in self.pipelines),
             }
         }
 
@@ -295,9 +304,12 @@ class Worker:
     # --- detection ----------------------------------------------------------------------
 
     def _infer_loop(self) -> None:
+        """Round the sources: take each one's frame when due; frames that pass their motion
+        gate go through the model together (one batch), then each source's tracker and
+        rules run on its own."""
         period = 1.0 / self.site.rules.detect_fps
         while not self._stop.is_set():
-            worked = False
+            ready: list[tuple[CameraPipeline, Frame, np.ndarray]] = []
             for p in self.pipelines:  # a copy: sources come and go meanwhile
                 now = time.monotonic()
                 if now < p.next_due:
@@ -306,39 +318,57 @@ class Worker:
                 if frame is None:
                     continue
                 p.next_due = max(p.next_due + period, now)
-                worked = True
                 try:
-                    self._step(p, frame)
-                except Exception as err:  # one bad frame or camera never stops the others
-                    self.errors += 1
-                    self.last_error = f"{p.source_id}: {type(err).__name__}: {err}"
-                    log.exception("source %s: detection step failed", p.source_id)
-            if not worked:
+                    ready.append((p, frame, frame.image()))
+                except Exception as err:  # an undecodable frame: counted, the rest go on
+                    self._failed(p, err)
+            if not ready:
                 self._stop.wait(0.01)
+                continue
+            need = [(p, f, img) for p, f, img in ready
+                    if p.detection.gate is None or p.detection.gate.moved(img, f.t)]
+            dets: dict[str, sv.Detections] = {}
+            if need:
+                try:
+                    assert self.backend is not None
+                    t0 = time.perf_counter()
+                    found = self.backend.detect_batch([img for _, _, img in need])
+                    ms = (time.perf_counter() - t0) * 1000 / len(need)
+                    for (p, _, _), d in zip(need, found, strict=True):
+                        p.detection.note_inference(d, ms)
+                        dets[p.source_id] = d
+                except Exception as err:
+                    for p, _, _ in need:
+                        self._failed(p, err)
+                    continue
+            for p, frame, img in ready:
+                det = dets.get(p.source_id, p.detection.last_detections)
+                try:
+                    out = p.detection.step(img, frame.t, frame.wall, det)
+                    for ev in out.events:
+                        self._publish(p, img, out.detections, ev, out.water)
+                except Exception as err:  # one bad frame or camera never stops the others
+                    self._failed(p, err)
 
-    def _step(self, p: CameraPipeline, frame: Frame) -> None:
-        assert self.backend is not None
-        img = frame.image()
-        t0 = time.perf_counter()
-        det = self.backend.detect(img)
-        p.infer_ms = (p.infer_ms + [(time.perf_counter() - t0) * 1000])[-50:]
-        p.inferences += 1
-        det = p.tracker.update(det, timestamp=frame.t)
-        for ev in p.person_down.update(frame.t, frame.wall, det):
-            self._publish(p, img, det, ev, frame.wall)
+    def _failed(self, p: CameraPipeline, err: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{p.source_id}: {type(err).__name__}: {err}"
+        log.error("source %s: detection step failed", p.source_id, exc_info=err)
 
     def _publish(self, p: CameraPipeline, img: np.ndarray, det: sv.Detections, ev: RuleEvent,
-                 wall: datetime) -> None:
-        snapshot = draw_snapshot(img, det, ev, "person_down") if ev.phase != "end" else None
+                 water: np.ndarray | None) -> None:
+        snapshot = draw_snapshot(img, det, ev, water) if ev.phase != "end" else None
         start, end = clip_window(ev.started_wall)
         msg = IncidentCandidate(
-            event_id=ev.event_id, phase=ev.phase, type="person_down", camera_id=p.source_id,
-            at=wall, started_at=ev.started_wall, confidence=round(ev.confidence, 4),
-            boxes=[ev.box], frame_size=(img.shape[1], img.shape[0]), track_id=ev.track_id,
-            snapshot_jpeg=snapshot, clip_start=start, clip_end=end,
+            event_id=ev.event_id, phase=ev.phase, type=ev.type, camera_id=p.source_id,
+            zone=ev.zone, at=ev.wall, started_at=ev.started_wall,
+            confidence=round(min(1.0, max(0.0, ev.confidence)), 4),
+            boxes=[ev.box] if ev.box is not None else [], polygons=ev.polygons,
+            attributes=ev.attributes, frame_size=(img.shape[1], img.shape[0]),
+            track_id=ev.track_id, snapshot_jpeg=snapshot, clip_start=start, clip_end=end,
         )
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self.bus.publish(msg), self._loop)
         fut.result(timeout=30)
-        log.info("source %s: person_down %s %s (conf %.2f, track %d)", p.source_id, ev.phase,
-                 ev.event_id[:8], ev.confidence, ev.track_id)
+        log.info("source %s: %s %s %s zone %s (conf %.2f, track %s)", p.source_id, ev.type,
+                 ev.phase, ev.event_id[:8], ev.zone, ev.confidence, ev.track_id)

@@ -222,6 +222,50 @@ def verify_audit(
     typer.echo("audit trail intact")
 
 
+@cli.command("eval")
+def eval_(
+    clips: Annotated[Path, typer.Option(help="Folder of the clips the labels name.")],
+    labels: Annotated[Path, typer.Option(help="Labels file (gridhub-eval/1 JSON).")],
+    config: Annotated[
+        Path | None, typer.Option(help="Configuration folder whose rules.yaml to use "
+                                  "(default: the built-in defaults).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "warning",
+) -> None:
+    """Run the real detection pipeline over labelled clips and score it per incident type."""
+    import json
+
+    from detectors.backends import ModelError, make_backend
+    from detectors.evaluate import LabelsError, evaluate, load_labels, table
+    from hub.config import RulesFile
+
+    _logging(log_level)
+    if config is not None:
+        site = _load(config, check_passwords=False)
+        rules, base = site.rules, site.root
+    else:
+        rules, base = RulesFile(), Path.cwd()
+    try:
+        load_labels(labels)
+    except LabelsError as err:
+        _fail([f"labels: {err}"])
+    if not clips.is_dir():
+        _fail([f"--clips {clips}: not a folder"])
+    try:
+        backend = make_backend(rules.detector, base)
+        report = evaluate(clips, labels, rules, backend, None, base, progress=None if as_json
+                          else lambda r: typer.echo(f"  {r.file}: {len(r.incidents)} incident(s)"
+                                                    + (f", {r.error}" if r.error else ""),
+                                                    err=True))
+    except ModelError as err:
+        _fail([f"model error: {err}"])
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        typer.echo(table(report))
+
+
 def main() -> None:
     try:
         cli()

@@ -142,6 +142,9 @@ class ZoneConfig(Strict):
     rules: list[str] = Field(
         default_factory=list, description="Incident types checked in this zone (empty: all)."
     )
+    params: dict[str, float] = Field(
+        default_factory=dict, description="Rule settings for this zone only, e.g. "
+        "{stranded_person.dwell_s: 60} (same keys as the evaluation labels' params).")
 
     @field_validator("polygon")
     @classmethod
@@ -237,6 +240,53 @@ class PersonDownRule(Strict):
     min_confidence: float = Field(0.4, gt=0, lt=1, description="Mean Fall confidence required.")
     clear_s: float = Field(5.0, gt=0, description="Seconds without a down person that end it.")
     hold_off_s: float = Field(30.0, ge=0, description="After it ends, no new one for this long.")
+    fall_window_s: float = Field(
+        3.0, gt=0,
+        description="A person seen upright this long before going down was seen falling.")
+    fall_height_ratio: float = Field(
+        0.75, gt=0, le=1, description="Seen falling: the down box is at most this much of the "
+        "upright height.")
+    found_down_s: float = Field(
+        3.0, gt=0, description="A person found already down (not seen falling) must stay down "
+        "this long (at least min_s), lying and still.")
+    lying_aspect: float = Field(
+        1.8, gt=0, description="Found down: box width over height at least this (lying).")
+    max_height_frac: float = Field(
+        0.6, gt=0, le=1, description="Boxes taller than this fraction of the frame are too close "
+        "to the lens to judge posture.")
+
+
+class StrandedRule(Strict):
+    enabled: bool = Field(True, description="Raise stranded_person incidents.")
+    dwell_s: float = Field(120.0, gt=0, description="Seconds a person must stay in one place.")
+    radius: float = Field(
+        0.5, gt=0, description="In one place: within this many times the person's own size.")
+    clear_s: float = Field(10.0, gt=0, description="Seconds without the person that end it.")
+    hold_off_s: float = Field(60.0, ge=0, description="After it ends, no new one for this long.")
+
+
+class WaterModelConfig(Strict):
+    type: Literal["heuristic", "ultralytics"] = Field(
+        "heuristic", description="heuristic (built in, no model) or ultralytics (a user-trained "
+        "classification or segmentation model).")
+    model: str | None = Field(None, description="ultralytics: the .pt / exported weights.")
+    classes: list[str] = Field(
+        default_factory=lambda: ["water", "flood", "flooded"],
+        description="ultralytics: class names that mean standing water.")
+    imgsz: int = Field(320, ge=32, le=1280, description="ultralytics: input size.")
+
+
+class FloodingRule(Strict):
+    enabled: bool = Field(True, description="Raise flooding incidents.")
+    min_coverage: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of the zone under water that counts as flooding.")
+    min_s: float = Field(10.0, gt=0, description="Seconds the coverage must hold.")
+    smooth_s: float = Field(2.0, ge=0, description="Coverage is the median over this window.")
+    trend_window_s: float = Field(60.0, gt=0, description="Window of the coverage trend.")
+    clear_s: float = Field(30.0, gt=0, description="Seconds under the threshold that end it.")
+    hold_off_s: float = Field(300.0, ge=0, description="After it ends, no new one for this long.")
+    every_s: float = Field(1.0, gt=0, description="Check for water at most this often.")
+    water: WaterModelConfig = Field(default_factory=WaterModelConfig, description="Segmenter.")
 
 
 class SeverityRule(Strict):
@@ -250,6 +300,8 @@ class RulesFile(Strict):
     detector: DetectorConfig = Field(default_factory=OnnxDetectorConfig, description="Model.")
     detect_fps: float = Field(2.0, gt=0, le=30, description="Detection rate per camera.")
     person_down: PersonDownRule = Field(default_factory=PersonDownRule, description="Rule.")
+    stranded_person: StrandedRule = Field(default_factory=StrandedRule, description="Rule.")
+    flooding: FloodingRule = Field(default_factory=FloodingRule, description="Rule.")
     severity: list[SeverityRule] = Field(default_factory=list, description="Severity by type.")
 
 
@@ -534,6 +586,14 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
                 )
             )
 
+    for i, c in enumerate(site.cameras):
+        for j, z in enumerate(c.zones):
+            try:
+                with_params(site.rules, z.params)
+            except ValueError as err:
+                issues.append(ConfigIssue("cameras.yaml", f"cameras[{i}].zones[{j}].params",
+                                          str(err)))
+
     for i, r in enumerate(site.rules.severity):
         if types_ok and r.type not in types:
             issues.append(
@@ -542,6 +602,34 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
                 )
             )
     return issues
+
+
+RULE_SECTIONS = ("person_down", "stranded_person", "flooding")
+
+
+def with_params(rules: RulesFile, params: dict[str, float]) -> RulesFile:
+    """Rules with ``{"<rule>.<setting>": value}`` overrides applied (a zone's own thresholds,
+    an evaluation clip's params). Raises ValueError naming a key that is unknown or a value
+    the setting refuses."""
+    if not params:
+        return rules
+    updates: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if section not in RULE_SECTIONS or not name:
+            raise ValueError(f"{key}: expected <rule>.<setting>, rule one of {RULE_SECTIONS}")
+        model = getattr(rules, section)
+        if name not in type(model).model_fields or name in ("enabled", "water"):
+            raise ValueError(f"{key}: {section} has no numeric setting {name!r}")
+        updates.setdefault(section, {})[name] = value
+    out = {}
+    for section, upd in updates.items():
+        try:
+            out[section] = type(getattr(rules, section)).model_validate(
+                {**getattr(rules, section).model_dump(), **upd})
+        except ValidationError as err:
+            raise ValueError(f"{section}: {err.errors()[0]['msg']}") from err
+    return rules.model_copy(update=out)
 
 
 def resolve_passwords(site: Site, env: dict[str, str] | None = None) -> dict[str, str]:

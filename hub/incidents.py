@@ -63,13 +63,19 @@ def new_incident_id(at: datetime) -> str:
     return f"inc_{at.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:8]}"
 
 
-def severity_for(site: Site, type_: str, confidence: float) -> Severity:
+def severity_for(site: Site, type_: str, confidence: float, hint: Any = None) -> Severity:
+    """The configured severity of a type, raised by confidence, and by the detector's hint
+    (a stranded person lying or standing in water) when it names a higher level."""
+    sev: Severity = "yellow"
     for rule in site.rules.severity:
         if rule.type == type_:
+            sev = rule.severity
             if rule.raise_to and confidence >= rule.raise_above_confidence:
-                return max(rule.severity, rule.raise_to, key=SEVERITIES.index)
-            return rule.severity
-    return "yellow"
+                sev = max(rule.severity, rule.raise_to, key=SEVERITIES.index)
+            break
+    if hint in SEVERITIES:
+        sev = max(sev, hint, key=SEVERITIES.index)
+    return sev
 
 
 def can_see(site: Site, user: User, inc: Incident) -> bool:
@@ -147,7 +153,8 @@ class IncidentService:
                         "action": "created",
                         "from_state": None,
                         "to_state": inc.state,
-                        "detail": {"confidence": round(c.confidence, 3), "track_id": c.track_id},
+                        "detail": {"confidence": round(c.confidence, 3), "track_id": c.track_id,
+                                   **c.attributes},
                     },
                     snapshot=snap,
                 )
@@ -159,14 +166,14 @@ class IncidentService:
                 "last_seen_at": max(inc.last_seen_at, c.at),
                 "updated_at": now,
             }
+            # Severity only rises on its own (a stranded person who lies down, deeper water).
+            changes["severity"] = max(
+                inc.severity, severity_for(self.site, c.type, c.confidence,
+                                           c.attributes.get("severity_hint")),
+                key=SEVERITIES.index,
+            )
             if better:
-                changes.update(
-                    confidence=c.confidence, boxes=c.boxes, frame_size=c.frame_size,
-                    severity=max(
-                        inc.severity, severity_for(self.site, c.type, c.confidence),
-                        key=SEVERITIES.index,
-                    ),
-                )
+                changes.update(confidence=c.confidence, boxes=c.boxes, frame_size=c.frame_size)
             entry = None
             if c.phase == "end":
                 changes["ended_at"] = c.at
@@ -194,7 +201,8 @@ class IncidentService:
             id=iid,
             type=c.type,
             state="new",
-            severity=severity_for(self.site, c.type, c.confidence),
+            severity=severity_for(self.site, c.type, c.confidence,
+                                  c.attributes.get("severity_hint")),
             source="detector",
             camera_id=c.camera_id,
             camera_name=source_name,

@@ -189,7 +189,7 @@ async def test_real_rtsp_camera_added_changed_removed(hub: RunningHub, tmp_path:
             assert cam["fps"] > 0 and cam["bitrate_kbps"] > 0
             worker = next(s for s in hub.state.services if hasattr(s, "source_ids"))  # type: ignore[attr-defined]
             async with asyncio.timeout(20):  # the detector runs on the RTSP camera too
-                while not any(p.source_id == "cam-rtsp" and p.inferences > 0  # noqa: ASYNC110
+                while not any(p.source_id == "cam-rtsp" and p.detection.inferences > 0  # noqa: ASYNC110
                               for p in worker.pipelines):  # a counter on a thread: polled
                     await asyncio.sleep(0.1)
             running = worker.source("cam-rtsp")

@@ -192,7 +192,7 @@ async def test_patrol_unit_reaches_worker_units_map_and_wall(
         assert pipe.camera is None and pipe.source is source
 
         async def inferences() -> int:
-            return pipe.inferences
+            return pipe.detection.inferences
 
         await poll(inferences, lambda n: n >= 3, 60,
                    "the worker to run the ONNX model on patrol-01's frames")

@@ -26,3 +26,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def detect(self, frame: np.ndarray) -> sv.Detections: ...
+
+    def detect_batch(self, frames: list[np.ndarray]) -> list[sv.Detections]:
+        """Several frames (from several cameras) at once; backends that can batch do."""
+        return [self.detect(f) for f in frames]

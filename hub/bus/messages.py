@@ -33,6 +33,11 @@ class IncidentCandidate(Message):
     started_at: datetime = Field(description="When the condition started (UTC).")
     confidence: float = Field(ge=0, le=1)
     boxes: list[tuple[float, float, float, float]] = Field(default_factory=list)
+    polygons: list[list[tuple[float, float]]] = Field(
+        default_factory=list, description="Mask outlines (e.g. the water), frame pixels.")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Rule figures: coverage, trend_per_min, dwell_s, "
+        "lying, in_water, severity_hint...")
     frame_size: tuple[int, int] = Field(description="(width, height) of the boxes' frame.")
     track_id: int | None = None
     snapshot_jpeg: bytes | None = Field(None, description="JPEG with the overlay drawn.")
