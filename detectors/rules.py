@@ -253,8 +253,9 @@ class PersonDown:
     * was seen falling: upright within ``fall_window_s`` before, and the down box is at
       most ``fall_height_ratio`` of the upright height (a fall makes a person shorter), or
     * was found already down: then it must also lie (box at least ``lying_aspect`` times
-      wider than tall) and stay still, for at least ``found_down_s`` (a sitting dog or a
-      crouching person fools the Fall class for a moment, rarely for seconds while still).
+      wider than tall), stay still, and score at least ``found_down_confidence``, for at
+      least ``found_down_s`` (a sitting dog, a crouching person or a car in water fools
+      the Fall class for a moment, rarely for seconds, still and with high confidence).
     A box taller than ``max_height_frac`` of the frame is a person right at the lens, too
     close to judge posture (a seated person filling the view looks "fallen" to the model).
     """
@@ -303,6 +304,8 @@ class PersonDown:
                 fell = down_h <= self.cfg.fall_height_ratio * up_h
             if not fell:
                 if dur < max(self.cfg.min_s, self.cfg.found_down_s):
+                    continue
+                if mean_conf < self.cfg.found_down_confidence:
                     continue
                 if float(np.median([aspect(s.box) for s in run])) < self.cfg.lying_aspect:
                     continue

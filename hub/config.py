@@ -251,6 +251,9 @@ class PersonDownRule(Strict):
         "this long (at least min_s), lying and still.")
     lying_aspect: float = Field(
         1.8, gt=0, description="Found down: box width over height at least this (lying).")
+    found_down_confidence: float = Field(
+        0.55, gt=0, lt=1, description="Found down: mean Fall confidence required (stronger "
+        "evidence than a fall seen happening; vehicles and bags score lower).")
     max_height_frac: float = Field(
         0.6, gt=0, le=1, description="Boxes taller than this fraction of the frame are too close "
         "to the lens to judge posture.")
