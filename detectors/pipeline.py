@@ -197,9 +197,7 @@ class DetectionPipeline:
             return self._last_det, False
         t0 = time.perf_counter()
         det = self.backend.detect(img)
-        self.infer_ms = (self.infer_ms + [(time.perf_counter() - t0) * 1000])[-50:]
-        self.inferences += 1
-        self._last_det = det
+        self.note_inference(det, (time.perf_counter() - t0) * 1000)
         return det, True
 
     def step(self, img: np.ndarray, t: float, wall: datetime,
