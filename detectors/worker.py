@@ -30,6 +30,7 @@ from detectors.water import WaterSegmenter, make_water
 from hub.bus import Bus, BusError, CameraHealth, IncidentCandidate
 from hub.bus.messages import CameraChanged
 from hub.config import CameraConfig, Site
+from hub.tasks import cancel_and_wait, listen_forever
 from ingest import Frame, Source, make_source
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,30 @@ def draw_snapshot(frame: np.ndarray, det: sv.Detections, ev: RuleEvent,
     cv2.rectangle(img, (x1, y1 - th - 10), (x1 + tw + 8, y1), (0, 0, 255), -1)
     cv2.putText(img, text, (x1 + 4, y1 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
                 (255, 255, 255), 2, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return encode_jpeg(img)
+
+
+def encode_jpeg(img: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
+    return bytes(buf.tobytes())
+
+
+def detection_list(det: sv.Detections, class_names: list[str]) -> list[dict[str, object]]:
+    """Every detection of a frame as plain data (kept with the frame as a labelled example)."""
+    meaning = det.data.get("meaning", np.array([None] * len(det), dtype=object))
+    out: list[dict[str, object]] = []
+    for i in range(len(det)):
+        cid = int(det.class_id[i]) if det.class_id is not None else -1
+        out.append({
+            "box": [round(float(v), 1) for v in det.xyxy[i]],
+            "class": class_names[cid] if 0 <= cid < len(class_names) else None,
+            "meaning": meaning[i],
+            "confidence": round(float(det.confidence[i]), 3)
+            if det.confidence is not None else None,
+        })
+    return out
 
 
 @dataclass
@@ -112,7 +133,12 @@ class Worker:
         self.errors = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._claim_lock = threading.Lock()
+        self._claimed: set[str] = set()
+        self._own_backend = False
+        self._frame_conf: dict[str, float] = {}  # event id -> confidence of the frame sent
+        self._err_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_task: asyncio.Task[None] | None = None
 
@@ -122,6 +148,7 @@ class Worker:
         """Load the backend now (raises ModelError naming the file)."""
         if self.backend is None:
             self.backend = make_backend(self.site.rules.detector, self.site.root)
+            self._own_backend = True
         if self.water is None and self.site.rules.flooding.enabled:
             self.water = make_water(self.site.rules.flooding.water, self.site.root)
 
@@ -206,47 +233,29 @@ class Worker:
             if not cam.enabled:
                 continue
             self._start_camera(cam)
-        self._thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
-        self._thread.start()
+        n = self.site.rules.detect_workers
+        self._threads = [threading.Thread(target=self._infer_loop, name=f"inference-{i}",
+                                          daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
         self._health_task = asyncio.create_task(self._health_loop(), name="camera-health")
         log.info("worker: %d camera(s), detection at %.1f Hz", len(self._pipelines),
                  self.site.rules.detect_fps)
 
     async def _follow_changes(self, ready: asyncio.Event) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                async with self.bus.listen(CameraChanged) as changes:
-                    ready.set()
-                    backoff = 0.5
-                    async for change in changes:
-                        try:
-                            await self.apply(change)
-                        except Exception:  # one bad change never stops the worker
-                            log.exception("camera %s: applying change failed", change.camera_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the bus went away: listen again (changes meanwhile
-                # are missed until the worker restarts; they are stored by the hub)
-                log.warning("worker: camera change listener failed (%s); retrying", err)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+        """Camera changes from the bus (changes made while the bus is away are missed until
+        the worker restarts; the hub stores them)."""
+        await listen_forever(self.bus, CameraChanged, ready, self.apply, "worker: camera changes")
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in (self._health_task, self._changes_task):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # already failed: its error was logged; stop the rest
-                    log.exception("worker: background task failed")
+        await cancel_and_wait([self._health_task, self._changes_task])
         # Stop every source at once: one stuck in a slow connect must not hold up the rest.
         await asyncio.gather(*(asyncio.to_thread(p.source.stop) for p in self.pipelines))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
+        for t in self._threads:
+            await asyncio.to_thread(t.join, 10)
+        if self._own_backend and self.backend is not None:
+            self.backend.close()
 
     # --- health -------------------------------------------------------------------------
 
@@ -276,7 +285,7 @@ class Worker:
     def report(self) -> dict[str, dict[str, object]]:
         """Detector figures for /api/health."""
         ms = sorted(m for p in self.pipelines for m in p.detection.infer_ms)
-        alive = self._thread is not None and self._thread.is_alive()
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
         return {
             "detector": {
                 "status": "ok" if alive and self.backend is not None else "down",
@@ -303,61 +312,92 @@ class Worker:
 
     # --- detection ----------------------------------------------------------------------
 
-    def _infer_loop(self) -> None:
-        """Round the sources: take each one's frame when due; frames that pass their motion
-        gate go through the model together (one batch), then each source's tracker and
-        rules run on its own."""
-        period = 1.0 / self.site.rules.detect_fps
-        while not self._stop.is_set():
-            ready: list[tuple[CameraPipeline, Frame, np.ndarray]] = []
-            for p in self.pipelines:  # a copy: sources come and go meanwhile
-                now = time.monotonic()
-                if now < p.next_due:
-                    continue
+    def _claim(self, period: float) -> list[tuple[CameraPipeline, Frame]]:
+        """The due sources no other loop holds, most overdue first, with their newest
+        frames; they stay this loop's until released (one loop per source at a time)."""
+        now = time.monotonic()
+        out: list[tuple[CameraPipeline, Frame]] = []
+        with self._claim_lock:
+            due = sorted((p for p in self.pipelines  # a copy: sources come and go meanwhile
+                          if p.source_id not in self._claimed and now >= p.next_due),
+                         key=lambda p: p.next_due)
+            for p in due:
+                if len(out) >= self.site.rules.detect_batch:
+                    break
                 frame = p.source.slot.take()
                 if frame is None:
                     continue
                 p.next_due = max(p.next_due + period, now)
-                try:
-                    ready.append((p, frame, frame.image()))
-                except Exception as err:  # an undecodable frame: counted, the rest go on
-                    self._failed(p, err)
-            if not ready:
+                self._claimed.add(p.source_id)
+                out.append((p, frame))
+        return out
+
+    def _infer_loop(self) -> None:
+        """Take the sources that are due; their frames that pass the motion gate go through
+        the model together (one batch), then each source's tracker and rules run on its own.
+        Several such loops may run (``detect_workers``), each on different sources."""
+        period = 1.0 / self.site.rules.detect_fps
+        while not self._stop.is_set():
+            claimed = self._claim(period)
+            if not claimed:
                 self._stop.wait(0.01)
                 continue
-            need = [(p, f, img) for p, f, img in ready
-                    if p.detection.gate is None or p.detection.gate.moved(img, f.t)]
-            dets: dict[str, sv.Detections] = {}
-            if need:
-                try:
-                    assert self.backend is not None
-                    t0 = time.perf_counter()
-                    found = self.backend.detect_batch([img for _, _, img in need])
-                    ms = (time.perf_counter() - t0) * 1000 / len(need)
-                    for (p, _, _), d in zip(need, found, strict=True):
-                        p.detection.note_inference(d, ms)
-                        dets[p.source_id] = d
-                except Exception as err:
-                    for p, _, _ in need:
-                        self._failed(p, err)
-                    continue
-            for p, frame, img in ready:
-                det = dets.get(p.source_id, p.detection.last_detections)
-                try:
-                    out = p.detection.step(img, frame.t, frame.wall, det)
-                    for ev in out.events:
-                        self._publish(p, img, out.detections, ev, out.water)
-                except Exception as err:  # one bad frame or camera never stops the others
+            try:
+                self._detect(claimed)
+            finally:
+                with self._claim_lock:
+                    self._claimed.difference_update(p.source_id for p, _ in claimed)
+
+    def _detect(self, claimed: list[tuple[CameraPipeline, Frame]]) -> None:
+        ready: list[tuple[CameraPipeline, Frame, np.ndarray]] = []
+        for p, frame in claimed:
+            try:
+                ready.append((p, frame, frame.image()))
+            except Exception as err:  # an undecodable frame: counted, the rest go on
+                self._failed(p, err)
+        need = [(p, f, img) for p, f, img in ready
+                if p.detection.gate is None or p.detection.gate.moved(img, f.t)]
+        dets: dict[str, sv.Detections] = {}
+        if need:
+            try:
+                assert self.backend is not None
+                t0 = time.perf_counter()
+                found = self.backend.detect_batch([img for _, _, img in need])
+                ms = (time.perf_counter() - t0) * 1000 / len(need)
+                for (p, _, _), d in zip(need, found, strict=True):
+                    p.detection.note_inference(d, ms)
+                    dets[p.source_id] = d
+            except Exception as err:
+                for p, _, _ in need:
                     self._failed(p, err)
+                return
+        for p, frame, img in ready:
+            det = dets.get(p.source_id, p.detection.last_detections)
+            try:
+                out = p.detection.step(img, frame.t, frame.wall, det)
+                for ev in out.events:
+                    self._publish(p, img, out.detections, ev, out.water)
+            except Exception as err:  # one bad frame or camera never stops the others
+                self._failed(p, err)
 
     def _failed(self, p: CameraPipeline, err: Exception) -> None:
-        self.errors += 1
-        self.last_error = f"{p.source_id}: {type(err).__name__}: {err}"
+        with self._err_lock:  # several detection loops
+            self.errors += 1
+            self.last_error = f"{p.source_id}: {type(err).__name__}: {err}"
         log.error("source %s: detection step failed", p.source_id, exc_info=err)
 
     def _publish(self, p: CameraPipeline, img: np.ndarray, det: sv.Detections, ev: RuleEvent,
                  water: np.ndarray | None) -> None:
-        snapshot = draw_snapshot(img, det, ev, water) if ev.phase != "end" else None
+        snapshot = frame = None
+        if ev.phase != "end":
+            snapshot = draw_snapshot(img, det, ev, water)
+            # The plain frame only when the hub may keep it (the event's best so far): it
+            # is large, and the bus holds many messages.
+            if ev.confidence > self._frame_conf.get(ev.event_id, -1.0):
+                self._frame_conf[ev.event_id] = ev.confidence
+                frame = encode_jpeg(img, 92)
+        else:
+            self._frame_conf.pop(ev.event_id, None)
         start, end = clip_window(ev.started_wall)
         msg = IncidentCandidate(
             event_id=ev.event_id, phase=ev.phase, type=ev.type, camera_id=p.source_id,
@@ -365,7 +405,10 @@ class Worker:
             confidence=round(min(1.0, max(0.0, ev.confidence)), 4),
             boxes=[ev.box] if ev.box is not None else [], polygons=ev.polygons,
             attributes=ev.attributes, frame_size=(img.shape[1], img.shape[0]),
-            track_id=ev.track_id, snapshot_jpeg=snapshot, clip_start=start, clip_end=end,
+            track_id=ev.track_id, snapshot_jpeg=snapshot, frame_jpeg=frame,
+            detections=detection_list(det, self.backend.class_names if self.backend else [])
+            if frame is not None else [],
+            clip_start=start, clip_end=end,
         )
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self.bus.publish(msg), self._loop)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
 from fastapi.responses import Response
@@ -27,6 +28,7 @@ from hub.models import (
     CameraOut,
     CameraPatchBody,
     DepartmentOut,
+    DismissBody,
     DispatchBody,
     Health,
     Incident,
@@ -295,6 +297,18 @@ def _action_error(err: ActionError) -> HTTPException:
     return HTTPException(400, str(err))
 
 
+async def _act(state: HubState, user: User, incident_id: str,
+               action: Coroutine[Any, Any, Incident]) -> Incident:
+    """Run an incident action for a user who can see the incident; map its errors."""
+    try:
+        await _get_visible(state, user, incident_id)
+        return await action
+    except ActionError as err:
+        raise _action_error(err) from err
+    finally:
+        action.close()  # never awaited when the incident is not visible: no warning
+
+
 @router.post("/api/incidents/{incident_id}/dispatch", response_model=Incident, tags=["incidents"])
 async def dispatch(
     state: St, user: Me, incident_id: str, body: DispatchBody, request: Request
@@ -302,13 +316,8 @@ async def dispatch(
     """Send the incident to a department (admin, operator, dispatcher)."""
     if user.role not in ("admin", "operator", "dispatcher"):
         raise HTTPException(403, f"role {user.role} cannot dispatch")
-    await _get_visible(state, user, incident_id)
-    try:
-        return await state.incidents.dispatch(
-            incident_id, user, body.department, body.note, _origin(request)
-        )
-    except ActionError as err:
-        raise _action_error(err) from err
+    return await _act(state, user, incident_id, state.incidents.dispatch(
+        incident_id, user, body.department, body.note, _origin(request)))
 
 
 @router.post("/api/incidents/{incident_id}/accept", response_model=Incident, tags=["incidents"])
@@ -318,13 +327,58 @@ async def accept(
     """Accept a dispatched incident (a user of an assigned department, or admin)."""
     if user.role not in ("admin", "department"):
         raise HTTPException(403, f"role {user.role} cannot accept")
+    return await _act(state, user, incident_id, state.incidents.accept(
+        incident_id, user, body.note if body else None, _origin(request)))
+
+
+@router.post("/api/incidents/{incident_id}/confirm", response_model=Incident, tags=["incidents"])
+async def confirm(
+    state: St, user: Me, incident_id: str, request: Request, body: NoteBody | None = None
+) -> Incident:
+    """Confirm a new incident as real (admin, operator, dispatcher). Its frame is kept as a
+    labelled example for ``gridhub train``."""
+    return await _act(state, user, incident_id, state.incidents.confirm(
+        incident_id, user, body.note if body else None, _origin(request)))
+
+
+@router.post("/api/incidents/{incident_id}/dismiss", response_model=Incident, tags=["incidents"])
+async def dismiss(
+    state: St, user: Me, incident_id: str, body: DismissBody, request: Request
+) -> Incident:
+    """Dismiss a false alarm with a reason (admin, operator, dispatcher). Its frame is kept
+    as a labelled example: ``label`` says what the detection really was."""
+    return await _act(state, user, incident_id, state.incidents.dismiss(
+        incident_id, user, body.reason, body.label, _origin(request)))
+
+
+@router.get("/api/examples", tags=["incidents"])
+async def examples(state: St, user: Me, type: str | None = None) -> list[dict[str, Any]]:
+    """Labelled examples (confirmed and dismissed detections), for reviewers and training."""
+    if user.role not in ("admin", "reviewer", "operator"):
+        raise HTTPException(403, f"role {user.role} cannot read labelled examples")
+    rows = []
+    for r in await state.store.examples(type):
+        try:
+            inc = await state.store.get(r["incident_id"])
+        except NotFound:
+            continue
+        if can_see(state.site, user, inc):  # a grid-scoped user sees their subtree only
+            r["image_url"] = f"/api/examples/{r['incident_id']}/image"
+            rows.append(r)
+    return rows
+
+
+@router.get("/api/examples/{incident_id}/image", tags=["incidents"],
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def example_image(state: St, user: Me, incident_id: str) -> Response:
+    """The example's frame, without overlay (JPEG)."""
+    if user.role not in ("admin", "reviewer", "operator"):
+        raise HTTPException(403, f"role {user.role} cannot read labelled examples")
     await _get_visible(state, user, incident_id)
-    try:
-        return await state.incidents.accept(
-            incident_id, user, body.note if body else None, _origin(request)
-        )
-    except ActionError as err:
-        raise _action_error(err) from err
+    jpeg = await state.store.example_jpeg(incident_id)
+    if jpeg is None:
+        raise HTTPException(404, "no labelled example for this incident")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
 
 # --- live events ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ factory; nothing is created at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from hub.incidents import IncidentService, can_see
 from hub.models import Incident, User
 from hub.settings import Settings
 from hub.store import Store
+from hub.tasks import cancel_and_wait
 from hub.ws import Clients
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,7 @@ def create_app(
                     await svc.stop()
                 except Exception:
                     log.exception("hub: stopping %s failed", type(svc).__name__)
-            for task in state.tasks.values():
-                task.cancel()
-            for task in state.tasks.values():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(list(state.tasks.values()))
             await bus.close()
             await store.close()
             log.info("hub: stopped")

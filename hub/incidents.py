@@ -139,6 +139,8 @@ class IncidentService:
         async with self._lock:
             inc = await self.store.by_event(c.event_id)
             snap = (c.at, c.snapshot_jpeg) if c.snapshot_jpeg else None
+            frame = ((c.frame_jpeg, c.detections, c.boxes[0] if c.boxes else None)
+                     if c.frame_jpeg and snap else None)
             now = utcnow()
             if inc is None:
                 if c.phase == "end":
@@ -157,6 +159,7 @@ class IncidentService:
                                    **c.attributes},
                     },
                     snapshot=snap,
+                    frame=frame,
                 )
                 log.info("incident %s created (%s on %s)", inc.id, inc.type, inc.camera_id)
                 await self._announce("incident.created", inc)
@@ -183,7 +186,8 @@ class IncidentService:
                     "detail": {"duration_s": round((c.at - inc.started_at).total_seconds(), 1)},
                 }
             inc = inc.model_copy(update=changes)
-            await self.store.update(inc, entry=entry, snapshot=snap if better else None)
+            await self.store.update(inc, entry=entry, snapshot=snap if better else None,
+                                    frame=frame if better else None)
             await self._announce("incident.updated", inc)
             return inc
 
@@ -254,6 +258,32 @@ class IncidentService:
             detail={"department": user.department, "note": note}, check=check,
         )
 
+    async def confirm(self, incident_id: str, user: User, note: str | None,
+                      origin: str) -> Incident:
+        """A real event: the state moves on and the frame is kept as a positive example."""
+        self._may_judge(user)
+        return await self._transition(
+            incident_id, user, "confirm", origin, detail={"note": note},
+            example=lambda inc, at: {"verdict": "confirmed", "label": inc.type, "at": at,
+                                     "by": user.username, "reason": note},
+        )
+
+    async def dismiss(self, incident_id: str, user: User, reason: str, label: str,
+                      origin: str) -> Incident:
+        """A false alarm: dismissed with a reason; the frame is kept as a negative example
+        with what the detection really was (``label``)."""
+        self._may_judge(user)
+        return await self._transition(
+            incident_id, user, "dismiss", origin, detail={"reason": reason, "label": label},
+            example=lambda inc, at: {"verdict": "rejected", "label": label, "at": at,
+                                     "by": user.username, "reason": reason},
+        )
+
+    @staticmethod
+    def _may_judge(user: User) -> None:
+        if user.role not in ("admin", "operator", "dispatcher"):
+            raise Forbidden(f"role {user.role} cannot confirm or dismiss incidents")
+
     async def _transition(
         self,
         incident_id: str,
@@ -264,6 +294,7 @@ class IncidentService:
         detail: dict[str, Any],
         update: Any = None,
         check: Any = None,
+        example: Any = None,
     ) -> Incident:
         async with self._lock:
             inc = await self.store.get(incident_id)
@@ -289,6 +320,7 @@ class IncidentService:
                                    "from": origin},
                     },
                     expect_state=inc.state,
+                    example=example(new, now) if example is not None else None,
                 )
             except Conflict as err:
                 raise IllegalTransition(action, (await self.store.get(incident_id)).state) from err

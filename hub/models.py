@@ -89,6 +89,14 @@ class DispatchBody(BaseModel):
     note: str | None = Field(None, max_length=2000, description="Instructions for the department.")
 
 
+class DismissBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="Why it is a false alarm.")
+    label: Literal["not_person", "person_ok", "other"] = Field(
+        "other", description="What the detection really was, for the labelled example: "
+        "not_person (an object, animal, shadow), person_ok (a person, not in trouble), other.")
+
+
 class NoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(None, max_length=2000, description="Free text for the timeline.")

@@ -62,6 +62,29 @@ CREATE TABLE IF NOT EXISTS snapshots (
     at TEXT NOT NULL,
     jpeg BLOB NOT NULL
 );
+-- The frame behind the snapshot, without the overlay, and every detection in it.
+CREATE TABLE IF NOT EXISTS frames (
+    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+    at TEXT NOT NULL,
+    jpeg BLOB NOT NULL,
+    detections TEXT NOT NULL,
+    box TEXT
+);
+-- Labelled examples: the frame of an incident an operator confirmed or dismissed.
+CREATE TABLE IF NOT EXISTS examples (
+    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+    type TEXT NOT NULL,
+    camera_id TEXT,
+    verdict TEXT NOT NULL,
+    label TEXT NOT NULL,
+    box TEXT,
+    at TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    reason TEXT,
+    jpeg BLOB NOT NULL,
+    detections TEXT NOT NULL
+);
 -- Small JSON documents by (scope, key): runtime camera changes, per-user wall layouts.
 CREATE TABLE IF NOT EXISTS documents (
     scope TEXT NOT NULL,
@@ -73,6 +96,8 @@ CREATE TABLE IF NOT EXISTS documents (
 """
 
 GENESIS = "0" * 64
+# The frame behind a snapshot: JPEG without overlay, its detections, the event's box in it.
+Frame = tuple[bytes, list[dict[str, Any]], Any]
 
 
 class StoreError(Exception):
@@ -116,6 +141,9 @@ class Store:
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        cols = {r[1] for r in db.execute("PRAGMA table_info(frames)")}
+        if "box" not in cols:  # stores made before the event's box was kept with its frame
+            db.execute("ALTER TABLE frames ADD COLUMN box TEXT")
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -225,6 +253,8 @@ class Store:
         entry: dict[str, Any] | None,
         snapshot: tuple[datetime, bytes] | None,
         expect_state: str | None,
+        frame: Frame | None = None,
+        example: dict[str, Any] | None = None,
     ) -> TimelineEntry | None:
         db = self.db
         doc = inc.model_dump_json()
@@ -270,11 +300,37 @@ class Store:
                     "DO UPDATE SET at=excluded.at, jpeg=excluded.jpeg",
                     (inc.id, snapshot[0].isoformat(), snapshot[1]),
                 )
+                if frame is not None:
+                    db.execute(
+                        "INSERT INTO frames (incident_id, at, jpeg, detections, box) "
+                        "VALUES (?,?,?,?,?) ON CONFLICT (incident_id) DO UPDATE SET "
+                        "at=excluded.at, jpeg=excluded.jpeg, detections=excluded.detections, "
+                        "box=excluded.box",
+                        (inc.id, snapshot[0].isoformat(), frame[0], json.dumps(frame[1]),
+                         json.dumps(list(frame[2])) if frame[2] is not None else None),
+                    )
+            if example is not None:
+                self._keep_example(inc, example)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return written
+
+    def _keep_example(self, inc: Incident, ex: dict[str, Any]) -> None:
+        """Copy the incident's frame, with the event's box in that frame, into the labelled
+        examples (replacing an earlier verdict and frame). An incident without a frame (a
+        manual report) leaves no example."""
+        self.db.execute(
+            "INSERT INTO examples SELECT f.incident_id, ?, ?, ?, ?, f.box, f.at, ?, ?, ?, "
+            "f.jpeg, f.detections FROM frames f WHERE f.incident_id=? ON CONFLICT "
+            "(incident_id) DO UPDATE SET verdict=excluded.verdict, label=excluded.label, "
+            "box=excluded.box, at=excluded.at, jpeg=excluded.jpeg, "
+            "detections=excluded.detections, decided_at=excluded.decided_at, "
+            "decided_by=excluded.decided_by, reason=excluded.reason",
+            (inc.type, inc.camera_id, ex["verdict"], ex["label"], ex["at"].isoformat(),
+             ex["by"], ex.get("reason"), inc.id),
+        )
 
     async def insert(
         self,
@@ -283,12 +339,13 @@ class Store:
         event_id: str | None,
         entry: dict[str, Any],
         snapshot: tuple[datetime, bytes] | None = None,
+        frame: Frame | None = None,
     ) -> TimelineEntry | None:
         """Create an incident with its first timeline entry, atomically."""
         return await self._run(
             lambda: self._write(
                 inc, insert=True, event_id=event_id, entry=entry, snapshot=snapshot,
-                expect_state=None,
+                expect_state=None, frame=frame,
             )
         )
 
@@ -299,12 +356,16 @@ class Store:
         entry: dict[str, Any] | None = None,
         snapshot: tuple[datetime, bytes] | None = None,
         expect_state: str | None = None,
+        frame: Frame | None = None,
+        example: dict[str, Any] | None = None,
     ) -> TimelineEntry | None:
-        """Replace an incident (only if still in ``expect_state``) and append to its timeline."""
+        """Replace an incident (only if still in ``expect_state``) and append to its timeline;
+        with ``example`` (verdict, label, at, by, reason) keep its frame as a labelled
+        example in the same transaction."""
         return await self._run(
             lambda: self._write(
                 inc, insert=False, event_id=None, entry=entry, snapshot=snapshot,
-                expect_state=expect_state,
+                expect_state=expect_state, frame=frame, example=example,
             )
         )
 
@@ -374,6 +435,37 @@ class Store:
         row = await self._run(
             lambda: self.db.execute(
                 "SELECT jpeg FROM snapshots WHERE incident_id=?", (incident_id,)
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    async def examples(self, type: str | None = None, with_jpeg: bool = False
+                       ) -> list[dict[str, Any]]:
+        """Labelled examples, oldest decision first."""
+        cols = ("incident_id", "type", "camera_id", "verdict", "label", "box", "at",
+                "decided_at", "decided_by", "reason", "detections") + (
+                    ("jpeg",) if with_jpeg else ())
+        sql = f"SELECT {', '.join(cols)} FROM examples"
+        args: list[Any] = []
+        if type is not None:
+            sql += " WHERE type=?"
+            args.append(type)
+        sql += " ORDER BY decided_at, incident_id"
+        rows = await self._run(lambda: self.db.execute(sql, args).fetchall())
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r, strict=True))
+            d["box"] = json.loads(d["box"]) if d["box"] else None
+            d["detections"] = json.loads(d["detections"])
+            if with_jpeg:
+                d["jpeg"] = bytes(d["jpeg"])
+            out.append(d)
+        return out
+
+    async def example_jpeg(self, incident_id: str) -> bytes | None:
+        row = await self._run(
+            lambda: self.db.execute(
+                "SELECT jpeg FROM examples WHERE incident_id=?", (incident_id,)
             ).fetchone()
         )
         return None if row is None else bytes(row[0])

@@ -19,7 +19,6 @@ share repeats at most every ``stale_s / 3`` per unit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import socket
@@ -36,6 +35,7 @@ from pydantic import BaseModel, Field
 from hub.bus import Bus, BusError, UnitTelemetry
 from hub.config import GridLevel, Site
 from hub.models import User
+from hub.tasks import cancel_and_wait, listen_forever
 from hub.telemetry import (
     RATE_BURST,
     RATE_HZ,
@@ -191,11 +191,7 @@ class UnitService:
     async def stop(self) -> None:
         self.clients.handle("telemetry", None)
         self._queue = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         log.info("units: stopped")
 
@@ -337,20 +333,11 @@ class UnitService:
         self.clients.send(event, self.unit_out(track, now).model_dump(mode="json"), visible)
 
     async def _listen(self, ready: asyncio.Event) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                async with self.bus.listen(UnitTelemetry) as messages:
-                    ready.set()
-                    backoff = 1.0
-                    async for msg in messages:
-                        self._remote(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("units: telemetry listener failed; retrying in %.0f s", backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        async def remote(msg: UnitTelemetry) -> None:
+            self._remote(msg)
+
+        await listen_forever(self.bus, UnitTelemetry, ready, remote, "units: telemetry",
+                             first_s=1.0, max_s=30.0)
 
     def _remote(self, msg: UnitTelemetry) -> None:
         if msg.origin == self.origin:

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import HubProcess
@@ -64,6 +65,16 @@ def test_dispatch_and_accept_across_two_browsers(demo_process: HubProcess, brows
 
     op.click(row)
     op.wait_for_selector(f"#incident-detail[data-id='{inc['id']}']")
+    # Confirm it first: the real detector's frame becomes a labelled example.
+    op.wait_for_selector("#confirm-btn:not([disabled])")
+    op.click("#confirm-btn")
+    op.wait_for_selector(f"{row}[data-state=confirmed]", timeout=15_000)
+    assert op.query_selector("#dismiss-btn") is None  # judged: no more confirm/dismiss
+    ex = httpx.get(f"{demo_process.url}/api/examples", headers={
+        "Authorization": f"Bearer {demo_process.token('reviewer')}"}).json()
+    mine = [e for e in ex if e["incident_id"] == inc["id"]]
+    assert len(mine) == 1 and mine[0]["verdict"] == "confirmed"
+    assert mine[0]["detections"] and mine[0]["box"] is not None
     op.wait_for_selector("#dispatch-btn:not([disabled])")
     assert "民政局" in op.inner_text("#dispatch-btn")  # suggested department, Chinese label
     op.click("#dispatch-btn")
@@ -80,7 +91,8 @@ def test_dispatch_and_accept_across_two_browsers(demo_process: HubProcess, brows
     actions = op.eval_on_selector_all(
         "#timeline li.timeline-entry", "els => els.map(e => e.dataset.action)"
     )
-    assert actions[0] == "created" and "dispatch" in actions and actions[-1] == "accept"
+    assert actions[0] == "created" and "confirm" in actions and "dispatch" in actions
+    assert actions[-1] == "accept"
     assert "civil-affairs" in op.inner_text("#timeline") or "民政局" in op.inner_text("#timeline")
     assert dep.evaluate("window.__sameDocument") is True  # never reloaded
 

@@ -142,3 +142,33 @@ async def test_redis_garbage_entry_is_dead_lettered(redis_prefix: str) -> None:
     assert await bus.claim_stale(IncidentCandidate, "g", "c2", min_idle_s=0) == []
     await raw.aclose()
     await bus.close()
+
+
+async def test_cancel_and_wait_stops_a_task_that_swallows_one_cancellation() -> None:
+    """A task that loses the first cancel (as redis-py can under its own timeout) is
+    cancelled again and stops; a failed task's error is logged, not raised."""
+    import asyncio
+
+    from hub.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed == 0:
+                    swallowed += 1
+                    continue  # the lost cancellation
+                raise
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    a, b = asyncio.create_task(stubborn()), asyncio.create_task(broken())
+    await asyncio.sleep(0.01)
+    await cancel_and_wait([a, b, None], repeat_s=0.05, limit_s=5)
+    assert a.cancelled() and swallowed == 1
+    assert b.done() and isinstance(b.exception(), RuntimeError)

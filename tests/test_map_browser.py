@@ -33,12 +33,13 @@ class ThreadHub:
     """The hub app (with unit tracking) on a real uvicorn on port 0, in its own thread, so
     the synchronous Playwright API can drive a browser against it."""
 
-    def __init__(self, config: Path, data: Path) -> None:
+    def __init__(self, config: Path, data: Path, redis_url: str | None = None,
+                 prefix: str = "gridhub") -> None:
         import uvicorn
 
         site = load_config(config)
         settings = Settings(config_dir=config, data_dir=data, port=0, with_worker=False,
-                            max_body_bytes=64 * 1024)
+                            max_body_bytes=64 * 1024, redis_url=redis_url, redis_prefix=prefix)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

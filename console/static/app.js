@@ -11,6 +11,8 @@ const TOKEN_KEY = "gridhub.token";
 const DISPATCH_ROLES = new Set(["admin", "operator", "dispatcher"]);
 const DISPATCHABLE_STATES = new Set(["new", "confirmed"]);
 const ACCEPTABLE_STATES = new Set(["dispatched"]);
+const JUDGEABLE_STATES = new Set(["new", "reopened"]);
+const DISMISS_LABELS = ["not_person", "person_ok", "other"];
 const LIST_LIMIT = 200;
 const MAX_ROWS = 500;
 const WS_BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
@@ -26,6 +28,7 @@ const S = {
   knownTypes: new Set(INCIDENT_TYPES),
   incidents: new Map(), // id -> incident (without timeline); only those matching the filters
   filters: { state: "", type: "", severity: "" },
+  dismissLabel: "not_person",
   listSeq: 0,
   listLoaded: false,
   listError: null,
@@ -871,6 +874,38 @@ function canAccept(inc) {
   return S.user.role === "department" && !!S.user.department && assigned.includes(S.user.department);
 }
 
+function canJudge(inc) {
+  return !!S.user && DISPATCH_ROLES.has(S.user.role) && JUDGEABLE_STATES.has(inc.state)
+    && inc.source !== "manual";
+}
+
+function renderJudge(box, busy) {
+  // Confirm (a real event) or dismiss (a false alarm, saying what it really was): both keep
+  // the frame as a labelled example for training.
+  // The choice lives in S (the panel is rebuilt on every change, the element with it).
+  const sel = h("select", {
+    id: "dismiss-label", name: "label", disabled: !!busy,
+    onchange: (e) => { S.dismissLabel = e.target.value; },
+  }, DISMISS_LABELS.map((l) => h("option", { value: l, text: t(`dismiss.${l}`) })));
+  sel.value = DISMISS_LABELS.includes(S.dismissLabel) ? S.dismissLabel : "not_person";
+  box.append(h("div", { class: "action-row action-judge" },
+    h("button", {
+      id: "confirm-btn", type: "button", class: "btn btn-secondary",
+      disabled: !!busy,
+      text: busy === "confirm" ? t("action.working") : t("action.confirm"),
+      onclick: () => runAction("confirm"),
+    }),
+    h("label", { class: "inline-label", for: "dismiss-label", text: t("action.dismiss.label") }),
+    sel,
+    h("button", {
+      id: "dismiss-btn", type: "button", class: "btn btn-secondary",
+      disabled: !!busy,
+      text: busy === "dismiss" ? t("action.working") : t("action.dismiss"),
+      onclick: () => runAction("dismiss"),
+    }),
+  ));
+}
+
 function renderActions(inc) {
   const box = $("#detail-actions");
   const busy = S.action.busy;
@@ -921,6 +956,8 @@ function renderActions(inc) {
     }
   }
 
+  if (canJudge(inc)) renderJudge(box, busy);
+
   if (accept) {
     box.append(h("div", { class: "action-row" }, h("button", {
       id: "accept-btn", type: "button", class: "btn btn-primary btn-large",
@@ -946,8 +983,9 @@ async function runAction(kind, department = null, variant = null) {
   if (!id || S.action.busy) return;
   if (kind === "dispatch" && !department) return;
   const note = ($("#action-note")?.value || "").trim();
+  const lab = DISMISS_LABELS.includes(S.dismissLabel) ? S.dismissLabel : "not_person";
   S.action = {
-    busy: kind === "accept" ? "accept" : `${variant || "dispatch"}:${department}`,
+    busy: kind === "dispatch" ? `${variant || "dispatch"}:${department}` : kind,
     error: null, info: null,
   };
   rerenderActions();
@@ -957,13 +995,17 @@ async function runAction(kind, department = null, variant = null) {
       const body = { department };
       if (note) body.note = note;
       updated = await api(`/api/incidents/${encodeURIComponent(id)}/dispatch`, { method: "POST", json: body });
+    } else if (kind === "dismiss") {
+      updated = await api(`/api/incidents/${encodeURIComponent(id)}/dismiss`, {
+        method: "POST", json: { reason: note || t(`dismiss.${lab}`), label: lab },
+      });
     } else {
-      updated = await api(`/api/incidents/${encodeURIComponent(id)}/accept`, { method: "POST", json: note ? { note } : {} });
+      updated = await api(`/api/incidents/${encodeURIComponent(id)}/${kind}`, { method: "POST", json: note ? { note } : {} });
     }
     if (id !== S.selectedId) return;
     S.action = {
       busy: null, error: null,
-      info: kind === "dispatch" ? t("action.done.dispatch", { dept: deptName(department) }) : t("action.done.accept"),
+      info: kind === "dispatch" ? t("action.done.dispatch", { dept: deptName(department) }) : t(`action.done.${kind}`),
     };
     const n = $("#action-note");
     if (n) n.value = "";

@@ -41,6 +41,12 @@ class IncidentCandidate(Message):
     frame_size: tuple[int, int] = Field(description="(width, height) of the boxes' frame.")
     track_id: int | None = None
     snapshot_jpeg: bytes | None = Field(None, description="JPEG with the overlay drawn.")
+    frame_jpeg: bytes | None = Field(
+        None, description="The same frame without the overlay (kept as a labelled example "
+        "when an operator confirms or dismisses the incident).")
+    detections: list[dict[str, Any]] = Field(
+        default_factory=list, description="Every detection in that frame: box (x1, y1, x2, "
+        "y2), class (the model's name), meaning, confidence.")
     clip_start: datetime | None = Field(None, description="Clip window start (pre-roll).")
     clip_end: datetime | None = Field(None, description="Clip window end (post-roll).")
 
