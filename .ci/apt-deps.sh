@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v pg_isready >/dev/null || need+=(postgresql)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 fc-list 2>/dev/null | grep -qi "noto sans cjk" || need+=(fonts-noto-cjk)
 # Real third-party peers for the ingest tests: GStreamer's RTSP server and webrtcbin,
@@ -27,4 +28,19 @@ if ! redis_up; then
     --dir /tmp --logfile /tmp/gridhub-ci-redis.log
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { echo "redis: could not start it" >&2; exit 1; }
+fi
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_up; then
+  echo "postgresql: starting the local cluster on 127.0.0.1:5432"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if ! command -v pg_ctlcluster >/dev/null || ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+  $SUDO service postgresql start >/dev/null 2>&1 || true
+  for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+  pg_up || { echo "postgresql: could not start it" >&2; exit 1; }
+fi
+# The tests create and drop their own databases as the postgres user over TCP.
+if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1" >/dev/null 2>&1; then
+  echo "postgresql: the tests need trust (or GRIDHUB_TEST_PG_URL) for postgres@127.0.0.1" >&2
 fi

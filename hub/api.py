@@ -10,36 +10,64 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+    WebSocket,
+    status,
+)
 from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
+from pydantic import BaseModel
 
 from hub.app import HubState, hub_state
 from hub.auth import TOKEN_TTL_S, AuthError
 from hub.cameras import CameraError, CameraExists, UnknownCamera
+from hub.cap import incident_to_cap
 from hub.config import CameraConfig, RtspSourceConfig, Severity
-from hub.incidents import ActionError, Forbidden, IllegalTransition, UnknownDepartment, can_see
+from hub.incidents import (
+    ActionError,
+    Forbidden,
+    IllegalTransition,
+    InvalidInput,
+    NotAllowedNow,
+    UnknownDepartment,
+    can_see,
+)
 from hub.models import (
     CameraBody,
     CameraOut,
     CameraPatchBody,
+    ChallengeOut,
+    CommentBody,
     DepartmentOut,
     DismissBody,
     DispatchBody,
+    FeedbackBody,
     Health,
     Incident,
     IncidentDetail,
     IncidentList,
     NoteBody,
+    PhotoOut,
+    ReasonBody,
+    ReportBody,
+    ReportOut,
+    ResolveBody,
+    SeverityBody,
     State,
     Token,
     User,
 )
-from hub.store import NotFound
+from hub.store import Conflict, NotFound
 from hub.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -79,7 +107,7 @@ async def health(state: St) -> Health:
     store_ok = await state.store.ping()
     bus_ok = await state.bus.ping()
     components: dict[str, dict[str, object]] = {
-        "store": {"status": "ok" if store_ok else "down", "path": str(state.store.path)},
+        "store": {"status": "ok" if store_ok else "down", "where": state.store.where},
         "bus": {"status": "ok" if bus_ok else "down", "kind": state.bus.name,
                 "dead_letters": state.bus.dead_letters},
         "incidents": {
@@ -290,65 +318,161 @@ async def snapshot(state: St, user: Me, incident_id: str) -> Response:
 def _action_error(err: ActionError) -> HTTPException:
     if isinstance(err, IllegalTransition):
         return HTTPException(409, {"message": str(err), "allowed": err.allowed})
+    if isinstance(err, NotAllowedNow):
+        return HTTPException(409, {"message": str(err), "allowed": []})
     if isinstance(err, Forbidden):
         return HTTPException(403, str(err))
-    if isinstance(err, UnknownDepartment):
+    if isinstance(err, UnknownDepartment | InvalidInput):
         return HTTPException(422, str(err))
     return HTTPException(400, str(err))
 
 
-async def _act(state: HubState, user: User, incident_id: str,
-               action: Coroutine[Any, Any, Incident]) -> Incident:
+async def _act(state: HubState, user: User, incident_id: str, action: str, request: Request,
+               **body: Any) -> Incident:
     """Run an incident action for a user who can see the incident; map its errors."""
+    await _get_visible(state, user, incident_id)
     try:
-        await _get_visible(state, user, incident_id)
-        return await action
+        return await state.incidents.act(incident_id, user, action, _origin(request), **body)
     except ActionError as err:
         raise _action_error(err) from err
-    finally:
-        action.close()  # never awaited when the incident is not visible: no warning
+    except Conflict as err:
+        raise HTTPException(409, {"message": f"the incident kept changing: {err}; retry",
+                                  "allowed": []}) from err
 
 
-@router.post("/api/incidents/{incident_id}/dispatch", response_model=Incident, tags=["incidents"])
-async def dispatch(
-    state: St, user: Me, incident_id: str, body: DispatchBody, request: Request
-) -> Incident:
-    """Send the incident to a department (admin, operator, dispatcher)."""
-    if user.role not in ("admin", "operator", "dispatcher"):
-        raise HTTPException(403, f"role {user.role} cannot dispatch")
-    return await _act(state, user, incident_id, state.incidents.dispatch(
-        incident_id, user, body.department, body.note, _origin(request)))
+# One route per action, each with its body schema in OpenAPI.
+ACTION_DOCS: dict[str, tuple[type[BaseModel] | None, str]] = {
+    "confirm": (NoteBody, "Confirm a new incident as real (operator, dispatcher). Its frame "
+                "is kept as a labelled example for ``gridhub train``."),
+    "dismiss": (DismissBody, "Dismiss a false alarm with a reason (operator, dispatcher). Its "
+                "frame is kept as a labelled example: ``label`` says what it really was."),
+    "dispatch": (DispatchBody, "Send the case to departments (one leads) and/or patrol units "
+                 "(operator, dispatcher). An empty body takes the suggestion: one click."),
+    "accept": (NoteBody, "Accept a dispatched case (its department or patrol unit)."),
+    "en_route": (NoteBody, "On the way (the assigned department or unit)."),
+    "on_scene": (NoteBody, "Arrived on scene (the assigned department or unit)."),
+    "feedback": (FeedbackBody, "Report back with text and photos (assigned department/unit)."),
+    "resolve": (ResolveBody, "Solved, with the result (the assigned department or unit)."),
+    "close": (NoteBody, "Close a resolved case after checking it (operator, dispatcher)."),
+    "reopen": (ReasonBody, "Reopen a resolved, closed or dismissed case (operator, "
+               "dispatcher)."),
+    "escalate": (ReasonBody, "Move the case to the parent grid level's queue, keeping its "
+                 "history (operator, dispatcher, assigned department)."),
+    "challenge": (ReasonBody, "Challenge (质询) the upper level about a case this level "
+                  "escalated and that it has not answered within workflow.challenge_after."),
+    "severity": (SeverityBody, "Change the severity with a reason (operator, dispatcher)."),
+    "comment": (CommentBody, "Add a comment to the timeline (anyone who can see the case)."),
+}
+NO_BODY_OK = {"confirm", "accept", "en_route", "on_scene", "close", "dispatch"}
 
 
-@router.post("/api/incidents/{incident_id}/accept", response_model=Incident, tags=["incidents"])
-async def accept(
-    state: St, user: Me, incident_id: str, request: Request, body: NoteBody | None = None
-) -> Incident:
-    """Accept a dispatched incident (a user of an assigned department, or admin)."""
-    if user.role not in ("admin", "department"):
-        raise HTTPException(403, f"role {user.role} cannot accept")
-    return await _act(state, user, incident_id, state.incidents.accept(
-        incident_id, user, body.note if body else None, _origin(request)))
+def _action_route(action: str, body_model: type[BaseModel], doc: str) -> None:
+    optional = action in NO_BODY_OK
+
+    async def endpoint(state: St, user: Me, incident_id: str, request: Request,
+                       body: Any = None) -> Incident:
+        fields = body.model_dump(exclude_none=False) if body is not None else {}
+        if action == "dispatch" and fields.get("department"):
+            fields["departments"] = [fields["department"], *fields.get("departments", [])]
+        fields.pop("department", None)
+        if action == "dispatch" and user.role not in ("admin", "operator", "dispatcher"):
+            raise HTTPException(403, f"role {user.role} cannot dispatch")
+        return await _act(state, user, incident_id, action, request, **fields)
+
+    endpoint.__annotations__["body"] = (body_model | None) if optional else body_model
+    if not optional:
+        endpoint.__defaults__ = None
+        endpoint.__kwdefaults__ = None
+    endpoint.__name__ = f"incident_{action}"
+    endpoint.__doc__ = doc
+    router.add_api_route(
+        f"/api/incidents/{{incident_id}}/{action}", endpoint, methods=["POST"],
+        response_model=Incident, tags=["incident actions"], name=f"incident_{action}",
+        responses={403: {"description": "not allowed for this user"},
+                   404: {"description": "no such incident (or not visible)"},
+                   409: {"description": "not allowed in the incident's state; names the "
+                         "allowed actions"}},
+    )
 
 
-@router.post("/api/incidents/{incident_id}/confirm", response_model=Incident, tags=["incidents"])
-async def confirm(
-    state: St, user: Me, incident_id: str, request: Request, body: NoteBody | None = None
-) -> Incident:
-    """Confirm a new incident as real (admin, operator, dispatcher). Its frame is kept as a
-    labelled example for ``gridhub train``."""
-    return await _act(state, user, incident_id, state.incidents.confirm(
-        incident_id, user, body.note if body else None, _origin(request)))
+for _action, (_model, _doc) in ACTION_DOCS.items():
+    assert _model is not None
+    _action_route(_action, _model, _doc)
 
 
-@router.post("/api/incidents/{incident_id}/dismiss", response_model=Incident, tags=["incidents"])
-async def dismiss(
-    state: St, user: Me, incident_id: str, body: DismissBody, request: Request
-) -> Incident:
-    """Dismiss a false alarm with a reason (admin, operator, dispatcher). Its frame is kept
-    as a labelled example: ``label`` says what the detection really was."""
-    return await _act(state, user, incident_id, state.incidents.dismiss(
-        incident_id, user, body.reason, body.label, _origin(request)))
+@router.post("/api/reports", response_model=ReportOut, status_code=201, tags=["incidents"])
+async def report(state: St, user: Me, body: ReportBody, request: Request) -> ReportOut:
+    """A problem reported by a person (grid staff on /report, a hotline operator, a patrol
+    crew): it becomes a case in the grid cell at its position, or joins an open case of
+    the same type nearby (``merged``: true), so one problem flows once."""
+    try:
+        inc, merged = await state.incidents.report(
+            user, type_=body.type, description=body.description,
+            position=(body.position.lat, body.position.lon), people=body.people,
+            channel=body.channel, origin=_origin(request))
+    except ActionError as err:
+        raise _action_error(err) from err
+    return ReportOut(merged=merged, incident=inc)
+
+
+PHOTO_TYPES = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n",
+               "image/webp": b"RIFF"}
+MAX_PHOTO_BYTES = 8 << 20
+
+
+@router.post("/api/incidents/{incident_id}/photos", response_model=PhotoOut, status_code=201,
+             tags=["incidents"])
+async def add_photo(state: St, user: Me, incident_id: str, request: Request,
+                    photo: Annotated[UploadFile, File(description="JPEG, PNG or WebP.")]
+                    ) -> PhotoOut:
+    """Attach a photo (multipart field ``photo``; JPEG, PNG or WebP, at most 8 MB)."""
+    await _get_visible(state, user, incident_id)
+    data = await photo.read(MAX_PHOTO_BYTES + 1)
+    if len(data) > MAX_PHOTO_BYTES:
+        raise HTTPException(413, f"photo larger than {MAX_PHOTO_BYTES >> 20} MB")
+    kind = next((k for k, magic in PHOTO_TYPES.items() if data.startswith(magic)), None)
+    if kind is None or (kind == "image/webp" and data[8:12] != b"WEBP"):
+        raise HTTPException(415, "not a JPEG, PNG or WebP image")
+    try:
+        pid = await state.incidents.add_photo(incident_id, user, data, kind, _origin(request))
+    except ActionError as err:
+        raise _action_error(err) from err
+    import hashlib
+
+    return PhotoOut(id=pid, url=f"/api/incidents/{incident_id}/photos/{pid}",
+                    sha256=hashlib.sha256(data).hexdigest(), content_type=kind)
+
+
+@router.get("/api/incidents/{incident_id}/photos/{photo_id}", tags=["incidents"],
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def get_photo(state: St, user: Me, incident_id: str, photo_id: str) -> Response:
+    """One photo of a case."""
+    await _get_visible(state, user, incident_id)
+    got = await state.store.photo(incident_id, photo_id)
+    if got is None:
+        raise HTTPException(404, "no such photo on this incident")
+    return Response(got[1], media_type=got[0], headers={"Cache-Control": "private"})
+
+
+@router.get("/api/incidents/{incident_id}/cap", tags=["incidents"], response_class=Response,
+            responses={200: {"content": {"application/cap+xml": {}}}})
+async def cap(state: St, user: Me, incident_id: str) -> Response:
+    """The incident as a CAP 1.2 (OASIS Common Alerting Protocol) alert: Alert when new,
+    Update after a change, Cancel when dismissed."""
+    inc = await _get_visible(state, user, incident_id)
+    kind: Literal["Alert", "Update", "Cancel"] = (
+        "Cancel" if inc.state == "dismissed" else "Alert" if inc.version == 1 else "Update")
+    xml = incident_to_cap(inc, state.site, sender=f"gridhub@{state.site.site.name}".replace(
+        " ", "_").replace(",", "_").replace("<", "_").replace("&", "_"), msg_type=kind)
+    return Response(xml, media_type="application/cap+xml")
+
+
+@router.get("/api/challenges", response_model=list[ChallengeOut], tags=["incidents"])
+async def challenges(state: St, user: Me,
+                     state_: Annotated[Literal["open", "answered", "overdue"] | None,
+                                       Query(alias="state")] = None) -> list[ChallengeOut]:
+    """Challenges (质询) on the cases the user can see, newest first."""
+    return [ChallengeOut(**r) for r in await state.incidents.challenges(user, state_)]
 
 
 @router.get("/api/examples", tags=["incidents"])

@@ -22,10 +22,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hub.auth import Accounts, load_secret
 from hub.bus import Bus, CameraHealth, IncidentEvent, make_bus
 from hub.cameras import CameraRegistry
-from hub.config import Site, resolve_passwords
+from hub.config import ConfigError, ConfigIssue, Site, resolve_passwords
 from hub.incidents import IncidentService, can_see
 from hub.models import Incident, User
-from hub.settings import Settings
+from hub.notify import Notifier, NotifyConfigError
+from hub.settings import Settings, store_location
 from hub.store import Store
 from hub.tasks import cancel_and_wait
 from hub.ws import Clients
@@ -50,6 +51,7 @@ class HubState:
     incidents: IncidentService
     clients: Clients
     camera_registry: CameraRegistry
+    notifier: Notifier | None = None
     cameras: dict[str, CameraHealth] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     services: list[Any] = field(default_factory=list)
@@ -86,6 +88,9 @@ async def _fan_out(state: HubState) -> None:
 class BodyLimit:
     """Reject request bodies over ``limit`` bytes with 413 before reading them."""
 
+    # Photo uploads (multipart) may be larger than other bodies.
+    UPLOAD_LIMIT = (9 << 20)
+
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
@@ -94,10 +99,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit
+        if scope.get("path", "").endswith("/photos") and scope.get("method") == "POST":
+            limit = max(limit, self.UPLOAD_LIMIT)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             resp = JSONResponse(
-                {"detail": f"request body over {self.limit} bytes"}, status_code=413
+                {"detail": f"request body over {limit} bytes"}, status_code=413
             )
             await resp(scope, receive, send)
             return
@@ -108,7 +116,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return msg
 
@@ -116,7 +124,7 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _TooLarge:
             resp = JSONResponse(
-                {"detail": f"request body over {self.limit} bytes"}, status_code=413
+                {"detail": f"request body over {limit} bytes"}, status_code=413
             )
             await resp(scope, receive, send)
 
@@ -140,8 +148,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.data_dir / "gridhub.sqlite3")
+        store = Store(store_location(settings))
         await store.open()
+        try:
+            notifier = Notifier(site.rules.notifications, store, site=site)
+        except NotifyConfigError as err:
+            await store.close()
+            raise ConfigError([ConfigIssue("rules.yaml", "notifications", str(err))]) from err
         bus = make_bus(settings.redis_url, prefix=settings.redis_prefix)
         await bus.start()
         accounts = await asyncio.to_thread(
@@ -157,6 +170,11 @@ def create_app(
         app.state.hub = state
         state.tasks["incidents"] = asyncio.create_task(state.incidents.run(), name="incidents")
         state.tasks["fan-out"] = asyncio.create_task(_fan_out(state), name="fan-out")
+        state.tasks["deadlines"] = asyncio.create_task(state.incidents.run_deadlines(),
+                                                       name="deadlines")
+        state.notifier = notifier
+        state.incidents.notify = notifier.enqueue
+        state.tasks["notify"] = asyncio.create_task(notifier.run(), name="notify")
         try:
             for make in services or []:
                 svc = make(state)

@@ -207,15 +207,21 @@ def run(
 
 @cli.command("verify-audit")
 def verify_audit(
-    data: Annotated[Path, typer.Option(help="Data folder.")] = Path("data"),
+    data: Annotated[Path, typer.Option(help="Data folder (its SQLite store).")] = Path("data"),
+    database_url: Annotated[str | None, typer.Option(
+        envvar="GRIDHUB_DATABASE_URL", help="PostgreSQL URL (instead of the data folder).")
+    ] = None,
 ) -> None:
     """Check the hash chain of every incident timeline; exit 1 on any alteration."""
     import asyncio
 
-    from hub.store import Store
+    from hub.store import Store, StoreError
 
-    store = Store(data / "gridhub.sqlite3")
-    asyncio.run(store.open())
+    store = Store(database_url or data / "gridhub.sqlite3")
+    try:
+        asyncio.run(store.open())
+    except StoreError as err:
+        _fail([str(err)])
     problems: list[str] = store.verify_chain()
     asyncio.run(store.close())
     if problems:

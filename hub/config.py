@@ -24,14 +24,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from shapely.geometry import shape
 
-Role = Literal["admin", "operator", "dispatcher", "department", "reviewer", "patrol"]
+from hub.notify import NotificationsConfig
+
+Role = Literal["admin", "operator", "dispatcher", "department", "reviewer", "patrol", "staff"]
 Severity = Literal["blue", "yellow", "orange", "red"]
 GridLevel = Literal["city", "district", "street", "community", "cell"]
 GRID_LEVELS: tuple[GridLevel, ...] = ("city", "district", "street", "community", "cell")
@@ -142,6 +152,9 @@ class ZoneConfig(Strict):
     rules: list[str] = Field(
         default_factory=list, description="Incident types checked in this zone (empty: all)."
     )
+    importance: Literal["normal", "high", "critical"] = Field(
+        "normal", description="How much the place matters (a school gate, a hospital "
+        "entrance): severity rules may raise incidents in important zones.")
     params: dict[str, float] = Field(
         default_factory=dict, description="Rule settings for this zone only, e.g. "
         "{stranded_person.dwell_s: 60} (same keys as the evaluation labels' params).")
@@ -190,6 +203,8 @@ class DepartmentConfig(Strict):
     name: str = Field(description="Chinese display name.")
     name_en: str = Field(description="English display name.")
     handles: list[str] = Field(description="Incident types this department handles.")
+    grids: list[str] = Field(
+        default_factory=list, description="Grid subtrees it serves (empty: everywhere).")
 
 
 class DepartmentsFile(Strict):
@@ -326,11 +341,93 @@ class FloodingRule(Strict):
     water: WaterModelConfig = Field(default_factory=WaterModelConfig, description="Segmenter.")
 
 
+class SeverityRaise(Strict):
+    to: Severity = Field(description="Severity when every condition given here holds.")
+    confidence: float | None = Field(None, gt=0, le=1, description="Detector confidence >=.")
+    duration_s: float | None = Field(None, gt=0, description="The condition has lasted >=.")
+    coverage: float | None = Field(None, gt=0, le=1, description="Water coverage >=.")
+    people: int | None = Field(None, ge=1, description="People involved >=.")
+    zone_importance: Literal["high", "critical"] | None = Field(
+        None, description="In a zone at least this important.")
+
+
 class SeverityRule(Strict):
     type: str = Field(description="Incident type.")
     severity: Severity = Field(description="Base severity.")
     raise_to: Severity | None = Field(None, description="Severity when confidence is high.")
     raise_above_confidence: float = Field(0.8, gt=0, le=1, description="Threshold for raise_to.")
+    raise_when: list[SeverityRaise] = Field(
+        default_factory=list, description="More raises: type, confidence, duration, water "
+        "coverage, people involved, zone importance (all given conditions must hold).")
+
+
+def _duration(v: str) -> str:
+    from hub.workdays import parse_duration
+
+    parse_duration(v)  # ValueError names the text
+    return v
+
+
+Dur = Annotated[str, AfterValidator(_duration)]
+
+
+class DeadlineConfig(Strict):
+    acknowledge: Dur = Field(description="A dispatched case is accepted within this (30m, 2h, "
+                             "1wd...).")
+    resolve: Dur = Field(description="A case is resolved within this, from its creation (or "
+                         "its arrival at a new level).")
+
+
+def _default_deadlines() -> dict[Severity, DeadlineConfig]:
+    return {
+        "red": DeadlineConfig(acknowledge="10m", resolve="4h"),
+        "orange": DeadlineConfig(acknowledge="30m", resolve="1d"),
+        "yellow": DeadlineConfig(acknowledge="2h", resolve="3wd"),
+        "blue": DeadlineConfig(acknowledge="1wd", resolve="5wd"),
+    }
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DEFAULT_WEEKEND: tuple[Weekday, ...] = ("sat", "sun")
+
+
+class CalendarConfig(Strict):
+    weekend: list[Weekday] = Field(
+        default_factory=lambda: list(DEFAULT_WEEKEND), description="Days off every week.")
+    holidays: list[date] = Field(default_factory=list, description="Public holidays.")
+    workdays: list[date] = Field(
+        default_factory=list, description="Make-up working days (调休) that fall on a weekend.")
+
+
+class RoutingRule(Strict):
+    type: str = Field(description="Incident type.")
+    grids: list[str] = Field(
+        default_factory=list, description="Only for cases in these grid subtrees (empty: all).")
+    departments: list[str] = Field(
+        min_length=1, description="Departments to dispatch to together; the first leads.")
+    unit: bool = Field(True, description="Also suggest the nearest available patrol unit.")
+
+
+class WorkflowConfig(Strict):
+    deadlines: dict[Severity, DeadlineConfig] = Field(
+        default_factory=_default_deadlines, description="Deadlines per severity.")
+    warn_at: float = Field(0.8, gt=0, lt=1, description="Warn once this fraction of a "
+                           "deadline's window has passed.")
+    escalate_on_breach: bool = Field(True, description="A missed deadline moves the case up "
+                                     "to the parent grid level.")
+    challenge_after: Dur = Field("7wd", description="A lower level may challenge (质询) an "
+                                 "upper level that has not answered a case it escalated.")
+    challenge_answer_within: Dur = Field("3wd", description="Deadline of a challenge.")
+    calendar: CalendarConfig = Field(default_factory=CalendarConfig, description="Work days.")
+    routing: list[RoutingRule] = Field(
+        default_factory=list, description="Who gets which type where; without a rule, the "
+        "departments that handle the type (and serve the grid), the first one leading.")
+    merge_radius_m: float = Field(100.0, gt=0, description="A report this close to an open "
+                                  "case of the same type merges into it...")
+    merge_window_s: float = Field(3600.0, gt=0, description="...if that case was seen within "
+                                  "this many seconds.")
+    unit_max_km: float = Field(30.0, gt=0, description="Farthest patrol unit to suggest.")
+    check_every_s: float = Field(5.0, gt=0, description="How often deadlines are checked.")
 
 
 class RulesFile(Strict):
@@ -347,6 +444,10 @@ class RulesFile(Strict):
     stranded_person: StrandedRule = Field(default_factory=StrandedRule, description="Rule.")
     flooding: FloodingRule = Field(default_factory=FloodingRule, description="Rule.")
     severity: list[SeverityRule] = Field(default_factory=list, description="Severity by type.")
+    workflow: WorkflowConfig = Field(default_factory=WorkflowConfig,
+                                     description="Deadlines, escalation, routing, merging.")
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig, description="Webhooks and SMS (none by default).")
 
 
 # --- the whole site -------------------------------------------------------
@@ -645,6 +746,30 @@ def _cross_check(site: Site, failed: set[str]) -> list[ConfigIssue]:
                     "rules.yaml", f"severity[{i}].type", f"unknown incident type {r.type!r}"
                 )
             )
+    grid_ids = {g.id for g in site.grids}
+    dep_ids = {d.id for d in site.departments}
+    for i, d in enumerate(site.departments):
+        for gid in d.grids:
+            if gid not in grid_ids:
+                issues.append(ConfigIssue("departments.yaml", f"departments[{i}].grids",
+                                          f"unknown grid {gid!r}"))
+    for i, rr in enumerate(site.rules.workflow.routing):
+        where = f"workflow.routing[{i}]"
+        if types_ok and rr.type not in types:
+            issues.append(ConfigIssue("rules.yaml", f"{where}.type",
+                                      f"unknown incident type {rr.type!r}"))
+        for dep in rr.departments:
+            if dep not in dep_ids:
+                issues.append(ConfigIssue("rules.yaml", f"{where}.departments",
+                                          f"unknown department {dep!r}"))
+        for gid in rr.grids:
+            if gid not in grid_ids:
+                issues.append(ConfigIssue("rules.yaml", f"{where}.grids",
+                                          f"unknown grid {gid!r}"))
+    missing = [s for s in SEVERITIES if s not in site.rules.workflow.deadlines]
+    if missing:
+        issues.append(ConfigIssue("rules.yaml", "workflow.deadlines",
+                                  f"no deadlines for {', '.join(missing)}"))
     return issues
 
 

@@ -71,6 +71,35 @@ class Incident(BaseModel):
     suggested_departments: list[str] = Field(default_factory=list)
     departments: list[str] = Field(default_factory=list, description="Assigned departments.")
     lead_department: str | None = None
+    # --- workflow ---
+    version: int = Field(1, description="Bumped on every stored change (optimistic locking).")
+    queue_grid: str | None = Field(
+        None, description="Grid level whose queue holds the case (moves up on escalation).")
+    queue_grid_name: str | None = None
+    position: tuple[float, float] | None = Field(None, description="(lat, lon) of the place.")
+    description: str | None = Field(None, description="What a reporter wrote.")
+    reporter: str | None = Field(None, description="Who reported it (manual reports).")
+    reports: int = Field(1, description="Reports and detections merged into this case.")
+    people: int = Field(0, description="People involved, when known.")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Detector facts: water coverage, trend, posture...")
+    severity_reason: str | None = Field(None, description="Why an operator set the severity.")
+    suggested_unit: str | None = Field(None, description="Nearest available patrol unit.")
+    units: list[str] = Field(default_factory=list, description="Assigned patrol units.")
+    ack_due: datetime | None = Field(None, description="Accept by then (after a dispatch).")
+    resolve_due: datetime | None = Field(None, description="Resolve by then.")
+    warned: list[str] = Field(default_factory=list, description="Deadline warnings sent.")
+    resolve_from: datetime | None = Field(None, description="Start of the resolve window.")
+    dispatched_at: datetime | None = None
+    accepted_at: datetime | None = None
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+    escalations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each move up the grid: from, to, at, by, reason.")
+    open_challenges: int = Field(0, description="Challenges (质询) waiting for an answer.")
+    photos: list[str] = Field(default_factory=list, description="Photo ids.")
+    last_action: str | None = Field(None, description="The latest action, for the ledger.")
+    last_note: str | None = Field(None, description="The latest feedback or comment.")
 
 
 class IncidentDetail(Incident):
@@ -84,9 +113,16 @@ class IncidentList(BaseModel):
 
 
 class DispatchBody(BaseModel):
+    """Whom to send the case to. Empty: the suggestion (its departments, the first leading,
+    and the suggested patrol unit), which is what the dispatcher's one click sends."""
+
     model_config = ConfigDict(extra="forbid")
-    department: str = Field(description="Department id to dispatch to.", min_length=1)
-    note: str | None = Field(None, max_length=2000, description="Instructions for the department.")
+    department: str | None = Field(None, description="One department (same as departments=[x]).")
+    departments: list[str] = Field(default_factory=list, max_length=20,
+                                   description="Departments for a joint dispatch.")
+    lead: str | None = Field(None, description="The leading department (default: the first).")
+    units: list[str] = Field(default_factory=list, max_length=20, description="Patrol units.")
+    note: str | None = Field(None, max_length=2000, description="Instructions for them.")
 
 
 class DismissBody(BaseModel):
@@ -100,6 +136,84 @@ class DismissBody(BaseModel):
 class NoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Field(None, max_length=2000, description="Free text for the timeline.")
+
+
+class ReasonBody(BaseModel):
+    """Actions that need a reason (escalate, reopen, challenge)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="Why.")
+
+
+class CommentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=4000, description="The comment.")
+
+
+class FeedbackBody(BaseModel):
+    """A report back from the department or patrol unit on the case."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=4000, description="What was found or done.")
+    photos: list[str] = Field(default_factory=list, max_length=20,
+                              description="Photo ids uploaded with POST .../photos.")
+
+
+class ResolveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    result: str = Field(min_length=1, max_length=4000, description="How it was solved.")
+    photos: list[str] = Field(default_factory=list, max_length=20, description="Photo ids.")
+
+
+class SeverityBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    severity: Severity = Field(description="The new level.")
+    reason: str = Field(min_length=1, max_length=2000, description="Why it changes.")
+
+
+class Position(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class ReportBody(BaseModel):
+    """A problem reported by a person (grid staff, hotline operator, patrol crew)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="Incident type id (manual or detector type).")
+    description: str = Field(min_length=1, max_length=4000, description="What is wrong.")
+    position: Position = Field(description="Where (WGS84); the grid cell is found from it.")
+    people: int = Field(0, ge=0, le=10000, description="People involved, if known.")
+    channel: Literal["staff", "hotline", "patrol", "department", "other"] = Field(
+        "staff", description="Where the report came from.")
+
+
+class ReportOut(BaseModel):
+    merged: bool = Field(description="True when it joined an open case of the same type nearby.")
+    incident: Incident
+
+
+class ChallengeOut(BaseModel):
+    id: str
+    incident_id: str
+    from_grid: str
+    to_grid: str
+    by: str
+    reason: str
+    at: datetime
+    due_at: datetime
+    state: Literal["open", "answered", "overdue"]
+    answered_at: datetime | None = None
+    answered_by: str | None = None
+    answer: str | None = None
+
+
+class PhotoOut(BaseModel):
+    id: str
+    url: str
+    sha256: str
+    content_type: str
 
 
 class User(BaseModel):

@@ -18,6 +18,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None
+    database_url: str | None = None  # PostgreSQL for the scaled set-up; default SQLite in data_dir
     redis_prefix: str = "gridhub"
     with_worker: bool = True  # run ingest + detection in this process
     max_body_bytes: int = 1 << 20
@@ -35,6 +36,7 @@ class Settings:
             config_dir=config_dir,
             data_dir=data_dir,
             redis_url=env.get("GRIDHUB_REDIS_URL") or None,
+            database_url=env.get("GRIDHUB_DATABASE_URL") or None,
             redis_prefix=env.get("GRIDHUB_REDIS_PREFIX", "gridhub"),
             ice_hosts=_csv(env.get("GRIDHUB_ICE_HOSTS")),
             ice_port_min=_port_range(env.get("GRIDHUB_ICE_PORTS"))[0],
@@ -42,6 +44,11 @@ class Settings:
             ice_servers=_csv(env.get("GRIDHUB_ICE_SERVERS")),
             **kw,  # type: ignore[arg-type]
         )
+
+
+def store_location(settings: Settings) -> str | Path:
+    """Where the store lives: GRIDHUB_DATABASE_URL, else the SQLite file in the data folder."""
+    return settings.database_url or settings.data_dir / "gridhub.sqlite3"
 
 
 def _csv(value: str | None) -> tuple[str, ...]:

@@ -1,34 +1,53 @@
 """The incident state machine: which action moves an incident from which state to which.
 
-    new -> confirmed -> dispatched -> accepted -> on_scene -> resolved -> closed
-    any open state -> dismissed (false alarm); closed/dismissed -> reopened;
-    open states -> escalated (up the grid)
+```
+new --confirm--> confirmed --dispatch--> dispatched --accept--> accepted --on_scene--> on_scene
+ |                  |                        ^  |                  |                     |
+ |                  |                        |  +----(re)dispatch  +------resolve--------+
+ +-- dismiss -------+--> dismissed           |                                |
+                                             |                           resolved --close--> closed
+escalate (any open state) --> escalated -----+ (the upper level dispatches)   |
+reopen: resolved / closed / dismissed --> reopened (then confirm, dispatch, dismiss...)
+```
 
-Only the actions wired in the API are reachable today; the table is the whole design.
+Self-actions leave the state as it is and only add to the timeline: comment (any
+state), feedback and en_route (by the assignee, while it works on the case), severity
+(an operator's change with a reason), challenge (a lower level asks the upper level about
+an escalated case).
 """
 
 from __future__ import annotations
 
 from hub.models import State
 
+STATES: tuple[State, ...] = ("new", "confirmed", "dispatched", "accepted", "on_scene",
+                             "resolved", "closed", "dismissed", "escalated", "reopened")
 OPEN: frozenset[State] = frozenset(
     {"new", "confirmed", "dispatched", "accepted", "on_scene", "reopened", "escalated"}
 )
+DONE: frozenset[State] = frozenset({"resolved", "closed", "dismissed"})
+WORKING: frozenset[State] = frozenset({"dispatched", "accepted", "on_scene"})
+SAME = None  # marks an action that leaves the state unchanged
 
-# action -> (states it may start from, state it leads to)
-TRANSITIONS: dict[str, tuple[frozenset[State], State]] = {
+# action -> (states it may start from, state it leads to; None = unchanged)
+TRANSITIONS: dict[str, tuple[frozenset[State], State | None]] = {
     "confirm": (frozenset({"new", "reopened"}), "confirmed"),
     "dispatch": (frozenset({"new", "confirmed", "reopened", "escalated", "dispatched"}),
                  "dispatched"),
     "accept": (frozenset({"dispatched"}), "accepted"),
-    "on_scene": (frozenset({"accepted"}), "on_scene"),
+    "en_route": (frozenset({"accepted"}), SAME),
+    "on_scene": (frozenset({"dispatched", "accepted"}), "on_scene"),
+    "feedback": (WORKING, SAME),
     "resolve": (frozenset({"accepted", "on_scene"}), "resolved"),
     "close": (frozenset({"resolved"}), "closed"),
     "dismiss": (frozenset({"new", "confirmed", "reopened"}), "dismissed"),
-    "reopen": (frozenset({"resolved", "closed", "dismissed"}), "reopened"),
-    "escalate": (frozenset({"new", "confirmed", "dispatched", "accepted", "reopened"}),
-                 "escalated"),
+    "reopen": (DONE, "reopened"),
+    "escalate": (OPEN, "escalated"),
+    "challenge": (frozenset({"escalated"}), SAME),
+    "severity": (OPEN, SAME),
+    "comment": (frozenset(STATES), SAME),
 }
+ACTIONS: tuple[str, ...] = tuple(TRANSITIONS)
 
 
 def next_state(action: str, state: str) -> State | None:
@@ -36,7 +55,8 @@ def next_state(action: str, state: str) -> State | None:
     rule = TRANSITIONS.get(action)
     if rule is None or state not in rule[0]:
         return None
-    return rule[1]
+    to = rule[1]
+    return to if to is not None else state
 
 
 def allowed_from(state: str) -> set[str]:

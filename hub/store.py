@@ -1,14 +1,21 @@
-"""Durable store for incidents, their timelines and snapshots (SQLite, WAL, full sync).
+"""Durable store: incidents, timelines, snapshots, assignments, photos, challenges and the
+notification outbox, on SQLite (default: WAL, full sync) or PostgreSQL
+(``GRIDHUB_DATABASE_URL=postgresql://...``), through SQLAlchemy Core.
 
-Every write is one transaction committed to disk before the caller is answered, so an
-acknowledged action survives ``kill -9``. All SQLite work runs on one dedicated thread
-(one connection), never on the event loop.
+Every write is one transaction committed before the caller is answered, so an
+acknowledged action survives ``kill -9``. The schema is created and upgraded by the
+Alembic migrations in ``hub/migrations`` when the store opens. All database work runs on
+the store's own thread, never on the event loop.
+
+Incidents use optimistic locking: every stored change bumps ``version``, and an update
+names the version (and, for state changes, the state) it was computed from, so two hubs
+on one PostgreSQL never overwrite each other's change silently.
 
 Exceptions::
 
     StoreError
      +-- NotFound          no incident with that id
-     +-- Conflict          the incident changed state under the caller (retry or 409)
+     +-- Conflict          the incident changed under the caller (retry or 409)
 """
 
 from __future__ import annotations
@@ -17,85 +24,28 @@ import asyncio
 import hashlib
 import json
 import logging
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from hub import schema as t
 from hub.models import Incident, TimelineEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY,
-    event_id TEXT UNIQUE,
-    type TEXT NOT NULL,
-    state TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    grid_id TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_created ON incidents (created_at);
-CREATE TABLE IF NOT EXISTS timeline (
-    incident_id TEXT NOT NULL REFERENCES incidents (id),
-    seq INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    from_state TEXT,
-    to_state TEXT,
-    detail TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (incident_id, seq)
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
-    at TEXT NOT NULL,
-    jpeg BLOB NOT NULL
-);
--- The frame behind the snapshot, without the overlay, and every detection in it.
-CREATE TABLE IF NOT EXISTS frames (
-    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
-    at TEXT NOT NULL,
-    jpeg BLOB NOT NULL,
-    detections TEXT NOT NULL,
-    box TEXT
-);
--- Labelled examples: the frame of an incident an operator confirmed or dismissed.
-CREATE TABLE IF NOT EXISTS examples (
-    incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
-    type TEXT NOT NULL,
-    camera_id TEXT,
-    verdict TEXT NOT NULL,
-    label TEXT NOT NULL,
-    box TEXT,
-    at TEXT NOT NULL,
-    decided_at TEXT NOT NULL,
-    decided_by TEXT NOT NULL,
-    reason TEXT,
-    jpeg BLOB NOT NULL,
-    detections TEXT NOT NULL
-);
--- Small JSON documents by (scope, key): runtime camera changes, per-user wall layouts.
-CREATE TABLE IF NOT EXISTS documents (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-"""
-
 GENESIS = "0" * 64
+MIGRATIONS = Path(__file__).with_name("migrations")
 # The frame behind a snapshot: JPEG without overlay, its detections, the event's box in it.
 Frame = tuple[bytes, list[dict[str, Any]], Any]
 
@@ -109,7 +59,7 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
-    """The incident is not in the state the caller expected."""
+    """The incident is not in the state (or version) the caller expected."""
 
 
 def entry_hash(prev_hash: str, incident_id: str, entry: dict[str, Any]) -> str:
@@ -120,13 +70,62 @@ def entry_hash(prev_hash: str, incident_id: str, entry: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-class Store:
-    """SQLite store; async methods run the work on the store's own thread."""
+def database_url(where: str | Path) -> str:
+    """A SQLAlchemy URL: a path is a SQLite file; ``postgresql://`` URLs use psycopg 3."""
+    if isinstance(where, Path) or "://" not in where:
+        return f"sqlite:///{Path(where)}"
+    if where.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + where.split("://", 1)[1]
+    return where
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+def masked(url: str) -> str:
+    """The URL with its password hidden (for logs and /api/health)."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by the engine, not here
+        return "<invalid database URL>"
+
+
+def alembic_config(conn: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v is not None else None
+
+
+def _projection(inc: Incident) -> dict[str, Any]:
+    """The incident's columns: its document plus the fields queries filter on."""
+    pos = inc.position
+    return {
+        "type": inc.type, "state": inc.state, "severity": inc.severity, "grid_id": inc.grid_id,
+        "created_at": inc.created_at.isoformat(), "updated_at": inc.updated_at.isoformat(),
+        "doc": inc.model_dump_json(), "version": inc.version, "source": inc.source,
+        "queue_grid": inc.queue_grid, "lat": pos[0] if pos else None,
+        "lon": pos[1] if pos else None, "ack_due": _iso(inc.ack_due),
+        "resolve_due": _iso(inc.resolve_due), "dispatched_at": _iso(inc.dispatched_at),
+        "accepted_at": _iso(inc.accepted_at), "resolved_at": _iso(inc.resolved_at),
+        "closed_at": _iso(inc.closed_at),
+    }
+
+
+class Store:
+    """The store; async methods run the work on the store's own thread."""
+
+    def __init__(self, where: str | Path) -> None:
+        self.url = database_url(where)
+        self.path = Path(where) if self.url.startswith("sqlite:") else None
+        self.where = str(self.path) if self.path else masked(self.url)
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._db: sqlite3.Connection | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -134,118 +133,152 @@ class Store:
         await self._run(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        cols = {r[1] for r in db.execute("PRAGMA table_info(frames)")}
-        if "box" not in cols:  # stores made before the event's box was kept with its frame
-            db.execute("ALTER TABLE frames ADD COLUMN box TEXT")
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: schema version {row[0]} is newer than this GridHub "
-                f"({SCHEMA_VERSION}); upgrade GridHub"
-            )
-        self._db = db
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(self.url, poolclass=sa.pool.SingletonThreadPool)
+
+            @sa.event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None  # transactions are ours (BEGIN below)
+                cur = dbapi_conn.cursor()
+                for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
+                               "busy_timeout=5000"):
+                    cur.execute(f"PRAGMA {pragma}")
+                cur.close()
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn: Connection) -> None:
+                # Writers take the write lock up front; readers read a snapshot.
+                reading = conn.get_execution_options().get("gridhub_read", False)
+                conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        else:
+            engine = sa.create_engine(self.url, pool_size=2, pool_pre_ping=True)
+        try:
+            with engine.begin() as conn:
+                self._migrate(conn)
+        except SQLAlchemyError as err:
+            engine.dispose()
+            raise StoreError(f"{self.where}: cannot open the store: {err}") from err
+        self._engine = engine
+
+    def _migrate(self, conn: Connection) -> None:
+        """Bring the schema to the newest migration; refuse a store newer than this code."""
+        head = ScriptDirectory.from_config(alembic_config(conn)).get_current_head()
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current != head and not _known(conn, current):
+            raise StoreError(f"{self.where}: schema revision {current} is newer than this "
+                             f"GridHub (newest known: {head}); upgrade GridHub")
+        if current != head:
+            log.info("store %s: migrating schema %s -> %s", self.where, current or "new", head)
+            command.upgrade(alembic_config(conn), "head")
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
+        if self._engine is not None:
+            await self._run(self._engine.dispose)
+            self._engine = None
         self._ex.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
 
     @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
+    def engine(self) -> Engine:
+        if self._engine is None:
             raise StoreError("store is not open")
-        return self._db
+        return self._engine
+
+    def _tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one transaction (committed on return, rolled back on error)."""
+        with self.engine.begin() as conn:
+            return fn(conn)
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn.execution_options(gridhub_read=True))
+
+    async def tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` in one transaction on the store's thread."""
+        return await self._run(self._tx, fn)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` (reads only) on the store's thread."""
+        return await self._run(self._read, fn)
 
     # --- documents -------------------------------------------------------------
 
     async def put_doc(self, scope: str, key: str, doc: Any) -> None:
         """Create or replace one JSON document (committed before returning)."""
         text = json.dumps(doc, ensure_ascii=False, sort_keys=True)
-
-        def put() -> None:
-            self.db.execute(
-                "INSERT INTO documents VALUES (?, ?, datetime('now'), ?) ON CONFLICT (scope, key)"
-                " DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                (scope, key, text),
-            )
-
-        await self._run(put)
+        now = datetime.now().astimezone().isoformat()
+        await self.tx(lambda c: self._upsert(
+            c, t.documents, {"scope": scope, "key": key, "updated_at": now, "doc": text},
+            keys=("scope", "key")))
 
     async def get_doc(self, scope: str, key: str) -> Any | None:
-        def get() -> Any | None:
-            row = self.db.execute(
-                "SELECT doc FROM documents WHERE scope = ? AND key = ?", (scope, key)
-            ).fetchone()
-            return None if row is None else json.loads(row[0])
-
-        return await self._run(get)
+        d = t.documents.c
+        row = await self.read(lambda c: c.execute(
+            sa.select(d.doc).where(d.scope == scope, d.key == key)).first())
+        return None if row is None else json.loads(row[0])
 
     async def list_docs(self, scope: str) -> dict[str, Any]:
-        def ls() -> dict[str, Any]:
-            rows = self.db.execute(
-                "SELECT key, doc FROM documents WHERE scope = ? ORDER BY key", (scope,)
-            ).fetchall()
-            return {k: json.loads(d) for k, d in rows}
-
-        return await self._run(ls)
+        d = t.documents.c
+        rows = await self.read(lambda c: c.execute(
+            sa.select(d.key, d.doc).where(d.scope == scope).order_by(d.key)).all())
+        return {k: json.loads(v) for k, v in rows}
 
     async def delete_doc(self, scope: str, key: str) -> bool:
-        def rm() -> bool:
-            cur = self.db.execute("DELETE FROM documents WHERE scope = ? AND key = ?", (scope, key))
-            return cur.rowcount > 0
-
-        return await self._run(rm)
+        d = t.documents.c
+        n = await self.tx(lambda c: c.execute(
+            sa.delete(t.documents).where(d.scope == scope, d.key == key)).rowcount)
+        return bool(n)
 
     async def ping(self) -> bool:
         try:
-            await self._run(lambda: self.db.execute("SELECT 1").fetchone())
-        except (sqlite3.Error, StoreError):
+            await self.read(lambda c: c.execute(sa.text("SELECT 1")).scalar())
+        except (SQLAlchemyError, StoreError):
             return False
         return True
 
+    def _upsert(self, conn: Connection, table: sa.Table, values: dict[str, Any],
+                keys: Iterable[str]) -> None:
+        """Insert a row, or update the columns other than ``keys`` if it exists."""
+        keys = tuple(keys)
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        stmt = insert(table).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={k: stmt.excluded[k] for k in values if k not in keys},
+        )
+        conn.execute(stmt)
+
     # --- writes ------------------------------------------------------------
 
-    def _append(self, incident_id: str, entry: dict[str, Any]) -> TimelineEntry:
-        row = self.db.execute(
-            "SELECT seq, hash FROM timeline WHERE incident_id=? ORDER BY seq DESC LIMIT 1",
-            (incident_id,),
-        ).fetchone()
+    def _append(self, conn: Connection, incident_id: str, entry: dict[str, Any]
+                ) -> TimelineEntry:
+        tl = t.timeline.c
+        row = conn.execute(
+            sa.select(tl.seq, tl.hash).where(tl.incident_id == incident_id)
+            .order_by(tl.seq.desc()).limit(1)
+        ).first()
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
         at = entry["at"]
         entry = {**entry, "seq": seq, "at": at.isoformat() if isinstance(at, datetime) else at}
         h = entry_hash(prev, incident_id, entry)
-        self.db.execute(
-            "INSERT INTO timeline VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                incident_id,
-                seq,
-                entry["at"],
-                entry["actor"],
-                entry["action"],
-                entry.get("from_state"),
-                entry.get("to_state"),
-                json.dumps(entry.get("detail", {}), ensure_ascii=False, default=str),
-                prev,
-                h,
-            ),
-        )
+        conn.execute(sa.insert(t.timeline).values(
+            incident_id=incident_id, seq=seq, at=entry["at"], actor=entry["actor"],
+            action=entry["action"], from_state=entry.get("from_state"),
+            to_state=entry.get("to_state"),
+            detail=json.dumps(entry.get("detail", {}), ensure_ascii=False, default=str),
+            prev_hash=prev, hash=h,
+        ))
         return TimelineEntry.model_validate({**entry, "hash": h})
 
     def _write(
         self,
+        conn: Connection,
         inc: Incident,
         *,
         insert: bool,
@@ -253,84 +286,63 @@ class Store:
         entry: dict[str, Any] | None,
         snapshot: tuple[datetime, bytes] | None,
         expect_state: str | None,
+        expect_version: int | None = None,
         frame: Frame | None = None,
         example: dict[str, Any] | None = None,
+        assign: Iterable[tuple[str, bool]] = (),
     ) -> TimelineEntry | None:
-        db = self.db
-        doc = inc.model_dump_json()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if insert:
-                db.execute(
-                    "INSERT INTO incidents VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        inc.id,
-                        event_id,
-                        inc.type,
-                        inc.state,
-                        inc.severity,
-                        inc.grid_id,
-                        inc.created_at.isoformat(),
-                        inc.updated_at.isoformat(),
-                        doc,
-                    ),
-                )
-            else:
-                sql = (
-                    "UPDATE incidents SET state=?, severity=?, grid_id=?, updated_at=?, doc=? "
-                    "WHERE id=?"
-                )
-                args: list[Any] = [
-                    inc.state,
-                    inc.severity,
-                    inc.grid_id,
-                    inc.updated_at.isoformat(),
-                    doc,
-                    inc.id,
-                ]
-                if expect_state is not None:
-                    sql += " AND state=?"
-                    args.append(expect_state)
-                if db.execute(sql, args).rowcount != 1:
-                    raise Conflict(f"incident {inc.id} changed while being updated")
-            written = self._append(inc.id, entry) if entry is not None else None
-            if snapshot is not None:
-                db.execute(
-                    "INSERT INTO snapshots VALUES (?,?,?) ON CONFLICT (incident_id) "
-                    "DO UPDATE SET at=excluded.at, jpeg=excluded.jpeg",
-                    (inc.id, snapshot[0].isoformat(), snapshot[1]),
-                )
-                if frame is not None:
-                    db.execute(
-                        "INSERT INTO frames (incident_id, at, jpeg, detections, box) "
-                        "VALUES (?,?,?,?,?) ON CONFLICT (incident_id) DO UPDATE SET "
-                        "at=excluded.at, jpeg=excluded.jpeg, detections=excluded.detections, "
-                        "box=excluded.box",
-                        (inc.id, snapshot[0].isoformat(), frame[0], json.dumps(frame[1]),
-                         json.dumps(list(frame[2])) if frame[2] is not None else None),
-                    )
-            if example is not None:
-                self._keep_example(inc, example)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if insert:
+            conn.execute(sa.insert(t.incidents).values(
+                id=inc.id, event_id=event_id, **_projection(inc)))
+        else:
+            c = t.incidents.c
+            stmt = sa.update(t.incidents).where(c.id == inc.id).values(**_projection(inc))
+            if expect_state is not None:
+                stmt = stmt.where(c.state == expect_state)
+            if expect_version is not None:
+                stmt = stmt.where(c.version == expect_version)
+            if conn.execute(stmt).rowcount != 1:
+                raise Conflict(f"incident {inc.id} changed while being updated")
+        written = self._append(conn, inc.id, entry) if entry is not None else None
+        if snapshot is not None:
+            self._upsert(conn, t.snapshots, {"incident_id": inc.id,
+                                             "at": snapshot[0].isoformat(),
+                                             "jpeg": snapshot[1]}, keys=("incident_id",))
+            if frame is not None:
+                self._upsert(conn, t.frames, {
+                    "incident_id": inc.id, "at": snapshot[0].isoformat(), "jpeg": frame[0],
+                    "detections": json.dumps(frame[1]),
+                    "box": json.dumps(list(frame[2])) if frame[2] is not None else None,
+                }, keys=("incident_id",))
+        if example is not None:
+            self._keep_example(conn, inc, example)
+        for assignee, lead in assign:
+            self._upsert(conn, t.assignments, {
+                "incident_id": inc.id, "assignee": assignee, "lead": lead,
+                "at": inc.updated_at.isoformat()}, keys=("incident_id", "assignee"))
         return written
 
-    def _keep_example(self, inc: Incident, ex: dict[str, Any]) -> None:
+    def _keep_example(self, conn: Connection, inc: Incident, ex: dict[str, Any]) -> None:
         """Copy the incident's frame, with the event's box in that frame, into the labelled
         examples (replacing an earlier verdict and frame). An incident without a frame (a
         manual report) leaves no example."""
-        self.db.execute(
-            "INSERT INTO examples SELECT f.incident_id, ?, ?, ?, ?, f.box, f.at, ?, ?, ?, "
-            "f.jpeg, f.detections FROM frames f WHERE f.incident_id=? ON CONFLICT "
-            "(incident_id) DO UPDATE SET verdict=excluded.verdict, label=excluded.label, "
-            "box=excluded.box, at=excluded.at, jpeg=excluded.jpeg, "
-            "detections=excluded.detections, decided_at=excluded.decided_at, "
-            "decided_by=excluded.decided_by, reason=excluded.reason",
-            (inc.type, inc.camera_id, ex["verdict"], ex["label"], ex["at"].isoformat(),
-             ex["by"], ex.get("reason"), inc.id),
-        )
+        f = t.frames.c
+        row = conn.execute(sa.select(f.box, f.at, f.jpeg, f.detections)
+                           .where(f.incident_id == inc.id)).first()
+        if row is None:
+            return
+        self._upsert(conn, t.examples, {
+            "incident_id": inc.id, "type": inc.type, "camera_id": inc.camera_id,
+            "verdict": ex["verdict"], "label": ex["label"], "box": row.box, "at": row.at,
+            "decided_at": ex["at"].isoformat(), "decided_by": ex["by"],
+            "reason": ex.get("reason"), "jpeg": row.jpeg, "detections": row.detections,
+        }, keys=("incident_id",))
+
+    def _commit(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            return self._tx(fn)
+        except IntegrityError as err:  # a racing writer took the same key first
+            raise Conflict(f"concurrent change: {err.orig}") from err
 
     async def insert(
         self,
@@ -340,14 +352,17 @@ class Store:
         entry: dict[str, Any],
         snapshot: tuple[datetime, bytes] | None = None,
         frame: Frame | None = None,
+        photos: Iterable[dict[str, Any]] = (),
     ) -> TimelineEntry | None:
-        """Create an incident with its first timeline entry, atomically."""
-        return await self._run(
-            lambda: self._write(
-                inc, insert=True, event_id=event_id, entry=entry, snapshot=snapshot,
-                expect_state=None, frame=frame,
-            )
-        )
+        """Create an incident with its first timeline entry (and photos), atomically."""
+        def run(conn: Connection) -> TimelineEntry | None:
+            written = self._write(conn, inc, insert=True, event_id=event_id, entry=entry,
+                                  snapshot=snapshot, expect_state=None, frame=frame)
+            for p in photos:
+                conn.execute(sa.insert(t.photos).values(incident_id=inc.id, **p))
+            return written
+
+        return await self._run(self._commit, run)
 
     async def update(
         self,
@@ -356,73 +371,82 @@ class Store:
         entry: dict[str, Any] | None = None,
         snapshot: tuple[datetime, bytes] | None = None,
         expect_state: str | None = None,
+        expect_version: int | None = None,
         frame: Frame | None = None,
         example: dict[str, Any] | None = None,
+        assign: Iterable[tuple[str, bool]] = (),
+        also: Callable[[Connection], None] | None = None,
     ) -> TimelineEntry | None:
-        """Replace an incident (only if still in ``expect_state``) and append to its timeline;
-        with ``example`` (verdict, label, at, by, reason) keep its frame as a labelled
-        example in the same transaction."""
-        return await self._run(
-            lambda: self._write(
-                inc, insert=False, event_id=None, entry=entry, snapshot=snapshot,
-                expect_state=expect_state, frame=frame, example=example,
-            )
-        )
+        """Replace an incident (only if still in ``expect_state`` / at ``expect_version``)
+        and append to its timeline; with ``example`` (verdict, label, at, by, reason) keep
+        its frame as a labelled example; ``assign`` adds (assignee, lead) rows; ``also``
+        runs more writes in the same transaction."""
+        assign = list(assign)
+
+        def run(conn: Connection) -> TimelineEntry | None:
+            written = self._write(conn, inc, insert=False, event_id=None, entry=entry,
+                                  snapshot=snapshot, expect_state=expect_state,
+                                  expect_version=expect_version, frame=frame, example=example,
+                                  assign=assign)
+            if also is not None:
+                also(conn)
+            return written
+
+        return await self._run(self._commit, run)
 
     # --- reads ---------------------------------------------------------------
 
     async def get(self, incident_id: str) -> Incident:
-        row = await self._run(
-            lambda: self.db.execute(
-                "SELECT doc FROM incidents WHERE id=?", (incident_id,)
-            ).fetchone()
-        )
+        c = t.incidents.c
+        row = await self.read(lambda conn: conn.execute(
+            sa.select(c.doc).where(c.id == incident_id)).first())
         if row is None:
             raise NotFound(incident_id)
         return Incident.model_validate_json(row[0])
 
     async def by_event(self, event_id: str) -> Incident | None:
-        row = await self._run(
-            lambda: self.db.execute(
-                "SELECT doc FROM incidents WHERE event_id=?", (event_id,)
-            ).fetchone()
-        )
+        c = t.incidents.c
+        row = await self.read(lambda conn: conn.execute(
+            sa.select(c.doc).where(c.event_id == event_id)).first())
         return None if row is None else Incident.model_validate_json(row[0])
 
     async def query(
         self,
         *,
-        state: str | None = None,
+        state: str | Iterable[str] | None = None,
         type: str | None = None,
         severity: str | None = None,
         since: datetime | None = None,
-        limit: int = 200,
+        where: Iterable[Any] = (),
+        limit: int | None = 200,
+        oldest_first: bool = False,
     ) -> list[Incident]:
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (("state", state), ("type", type), ("severity", severity)):
-            if val is not None:
-                where.append(f"{col}=?")
-                args.append(val)
+        c = t.incidents.c
+        stmt = sa.select(c.doc)
+        if isinstance(state, str):
+            stmt = stmt.where(c.state == state)
+        elif state is not None:
+            stmt = stmt.where(c.state.in_(list(state)))
+        if type is not None:
+            stmt = stmt.where(c.type == type)
+        if severity is not None:
+            stmt = stmt.where(c.severity == severity)
         if since is not None:
-            where.append("created_at>=?")
-            args.append(since.isoformat())
-        sql = "SELECT doc FROM incidents"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC LIMIT ?"
-        args.append(limit)
-        rows = await self._run(lambda: self.db.execute(sql, args).fetchall())
+            stmt = stmt.where(c.created_at >= since.isoformat())
+        for cond in where:
+            stmt = stmt.where(cond)
+        stmt = stmt.order_by(c.created_at.asc() if oldest_first else c.created_at.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        rows = await self.read(lambda conn: conn.execute(stmt).all())
         return [Incident.model_validate_json(r[0]) for r in rows]
 
     async def timeline(self, incident_id: str) -> list[TimelineEntry]:
-        rows = await self._run(
-            lambda: self.db.execute(
-                "SELECT seq, at, actor, action, from_state, to_state, detail, hash "
-                "FROM timeline WHERE incident_id=? ORDER BY seq",
-                (incident_id,),
-            ).fetchall()
-        )
+        tl = t.timeline.c
+        rows = await self.read(lambda conn: conn.execute(
+            sa.select(tl.seq, tl.at, tl.actor, tl.action, tl.from_state, tl.to_state,
+                      tl.detail, tl.hash).where(tl.incident_id == incident_id)
+            .order_by(tl.seq)).all())
         return [
             TimelineEntry(
                 seq=r[0], at=r[1], actor=r[2], action=r[3], from_state=r[4], to_state=r[5],
@@ -432,29 +456,33 @@ class Store:
         ]
 
     async def snapshot(self, incident_id: str) -> bytes | None:
-        row = await self._run(
-            lambda: self.db.execute(
-                "SELECT jpeg FROM snapshots WHERE incident_id=?", (incident_id,)
-            ).fetchone()
-        )
+        s = t.snapshots.c
+        row = await self.read(lambda conn: conn.execute(
+            sa.select(s.jpeg).where(s.incident_id == incident_id)).first())
         return None if row is None else bytes(row[0])
+
+    async def photo(self, incident_id: str, photo_id: str) -> tuple[str, bytes] | None:
+        p = t.photos.c
+        row = await self.read(lambda conn: conn.execute(
+            sa.select(p.content_type, p.data).where(p.incident_id == incident_id,
+                                                    p.id == photo_id)).first())
+        return None if row is None else (row[0], bytes(row[1]))
 
     async def examples(self, type: str | None = None, with_jpeg: bool = False
                        ) -> list[dict[str, Any]]:
         """Labelled examples, oldest decision first."""
-        cols = ("incident_id", "type", "camera_id", "verdict", "label", "box", "at",
-                "decided_at", "decided_by", "reason", "detections") + (
-                    ("jpeg",) if with_jpeg else ())
-        sql = f"SELECT {', '.join(cols)} FROM examples"
-        args: list[Any] = []
+        e = t.examples.c
+        cols = [e.incident_id, e.type, e.camera_id, e.verdict, e.label, e.box, e.at,
+                e.decided_at, e.decided_by, e.reason, e.detections] + (
+                    [e.jpeg] if with_jpeg else [])
+        stmt = sa.select(*cols)
         if type is not None:
-            sql += " WHERE type=?"
-            args.append(type)
-        sql += " ORDER BY decided_at, incident_id"
-        rows = await self._run(lambda: self.db.execute(sql, args).fetchall())
+            stmt = stmt.where(e.type == type)
+        stmt = stmt.order_by(e.decided_at, e.incident_id)
+        rows = await self.read(lambda conn: conn.execute(stmt).mappings().all())
         out = []
         for r in rows:
-            d = dict(zip(cols, r, strict=True))
+            d = dict(r)
             d["box"] = json.loads(d["box"]) if d["box"] else None
             d["detections"] = json.loads(d["detections"])
             if with_jpeg:
@@ -463,30 +491,39 @@ class Store:
         return out
 
     async def example_jpeg(self, incident_id: str) -> bytes | None:
-        row = await self._run(
-            lambda: self.db.execute(
-                "SELECT jpeg FROM examples WHERE incident_id=?", (incident_id,)
-            ).fetchone()
-        )
+        e = t.examples.c
+        row = await self.read(lambda conn: conn.execute(
+            sa.select(e.jpeg).where(e.incident_id == incident_id)).first())
         return None if row is None else bytes(row[0])
 
     def verify_chain(self) -> list[str]:
         """Problems in the hash chain of every timeline (empty when intact). Sync; CLI use."""
         problems: list[str] = []
-        cur = self.db.execute(
-            "SELECT incident_id, seq, at, actor, action, from_state, to_state, detail, "
-            "prev_hash, hash FROM timeline ORDER BY incident_id, seq"
-        )
+        tl = t.timeline.c
         last: dict[str, str] = {}
-        for inc_id, seq, at, actor, action, fs, ts, detail, prev, h in cur:
-            expect_prev = last.get(inc_id, GENESIS)
-            entry = {
-                "seq": seq, "at": at, "actor": actor, "action": action,
-                "from_state": fs, "to_state": ts, "detail": json.loads(detail),
-            }
-            if prev != expect_prev:
-                problems.append(f"{inc_id} #{seq}: previous hash does not match")
-            if entry_hash(prev, inc_id, entry) != h:
-                problems.append(f"{inc_id} #{seq}: entry was altered")
-            last[inc_id] = h
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(gridhub_read=True)
+            rows = conn.execute(sa.select(
+                tl.incident_id, tl.seq, tl.at, tl.actor, tl.action, tl.from_state, tl.to_state,
+                tl.detail, tl.prev_hash, tl.hash).order_by(tl.incident_id, tl.seq))
+            for inc_id, seq, at, actor, action, fs, ts, detail, prev, h in rows:
+                expect_prev = last.get(inc_id, GENESIS)
+                entry = {
+                    "seq": seq, "at": at, "actor": actor, "action": action,
+                    "from_state": fs, "to_state": ts, "detail": json.loads(detail),
+                }
+                if prev != expect_prev:
+                    problems.append(f"{inc_id} #{seq}: previous hash does not match")
+                if entry_hash(prev, inc_id, entry) != h:
+                    problems.append(f"{inc_id} #{seq}: entry was altered")
+                last[inc_id] = h
         return problems
+
+
+def _known(conn: Connection, revision: str) -> bool:
+    """Whether this code has the migration ``revision`` (an older store, not a newer one)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config(conn)).get_revision(
+            revision) is not None
+    except Exception:  # alembic raises its own errors for an unknown revision
+        return False

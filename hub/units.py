@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from hub.bus import Bus, BusError, UnitTelemetry
 from hub.config import GridLevel, Site
 from hub.models import User
+from hub.routing import UnitPosition
 from hub.tasks import cancel_and_wait, listen_forever
 from hub.telemetry import (
     RATE_BURST,
@@ -159,6 +160,7 @@ class UnitService:
         stream are placed in the grid cell where the unit is."""
         svc = cls(state.site, state.bus, state.clients)
         state.incidents.unit_grid = svc.grid_of
+        state.incidents.unit_positions = svc.positions
         return svc
 
     # --- life cycle -----------------------------------------------------------------
@@ -201,6 +203,13 @@ class UnitService:
             return None
         track = self.tracker.get(unit_id)
         return track.grid.id if track.grid is not None else None
+
+    def positions(self) -> list[UnitPosition]:
+        """Every unit's last position and whether it is online (for routing)."""
+        now = datetime.now(UTC)
+        return [UnitPosition(t.unit_id, t.last.lat, t.last.lon,
+                             t.online(now, self.tracker.stale_s))
+                for t in self.tracker if t.last is not None]
 
     def report(self) -> dict[str, dict[str, object]]:
         """Health component for /api/health."""

@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"
 REDIS_URL = os.environ.get("GRIDHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# A PostgreSQL server where the tests may create and drop databases (make test starts one).
+PG_ADMIN_URL = os.environ.get("GRIDHUB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
@@ -50,6 +52,30 @@ def redis_prefix() -> Iterator[str]:
     for key in r.scan_iter(f"{prefix}:*"):
         r.delete(key)
     r.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"gridhub_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (make test starts it): {err}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store backend: a SQLite file, and a database on the real PostgreSQL."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "gridhub.sqlite3")
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -1,4 +1,5 @@
-"""The store: atomic writes, conditional updates, and a timeline whose edits are detected."""
+"""The store, on SQLite and on the real PostgreSQL: atomic writes, conditional updates,
+migrations, and a timeline whose edits are detected."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hub.models import Incident
-from hub.store import Conflict, NotFound, Store
+from hub.store import Conflict, NotFound, Store, StoreError
 
 
 def incident(iid: str = "inc_1") -> Incident:
@@ -25,9 +26,9 @@ def entry(action: str, actor: str = "operator") -> dict[str, object]:
             "to_state": "new", "detail": {"note": "中文 ok"}}
 
 
-async def test_insert_update_and_timeline(tmp_path: Path) -> None:
+async def test_insert_update_and_timeline(db_url: str) -> None:
     """Incidents round-trip; timeline entries are numbered and chained."""
-    store = Store(tmp_path / "s.sqlite3")
+    store = Store(db_url)
     await store.open()
     inc = incident()
     await store.insert(inc, event_id="ev", entry=entry("created", "detector:c"),
@@ -44,9 +45,9 @@ async def test_insert_update_and_timeline(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_conditional_update_refuses_stale_state(tmp_path: Path) -> None:
+async def test_conditional_update_refuses_stale_state(db_url: str) -> None:
     """An update expecting a state the incident has left fails and writes nothing."""
-    store = Store(tmp_path / "s.sqlite3")
+    store = Store(db_url)
     await store.open()
     inc = incident()
     await store.insert(inc, event_id=None, entry=entry("created"))
@@ -55,6 +56,15 @@ async def test_conditional_update_refuses_stale_state(tmp_path: Path) -> None:
                            expect_state="dispatched")
     assert (await store.get("inc_1")).state == "new"
     assert len(await store.timeline("inc_1")) == 1
+    # Optimistic locking: an update computed from an old version is refused.
+    await store.update(inc.model_copy(update={"version": 2}), entry=entry("comment"),
+                       expect_version=1)
+    with pytest.raises(Conflict):
+        await store.update(inc.model_copy(update={"version": 2, "state": "confirmed"}),
+                           entry=entry("confirm"), expect_version=1)
+    got = await store.get("inc_1")
+    assert (got.version, got.state) == (2, "new")
+    assert [e.action for e in await store.timeline("inc_1")] == ["created", "comment"]
     await store.close()
 
 
@@ -86,9 +96,9 @@ async def test_tampering_is_detected(tmp_path: Path) -> None:
     assert res.returncode == 1 and "inc_1 #4: previous hash does not match" in res.stderr
 
 
-async def test_documents_survive_reopen(tmp_path: Path) -> None:
+async def test_documents_survive_reopen(db_url: str) -> None:
     """Documents are stored by scope and key, replaced in place, and survive a reopen."""
-    store = Store(tmp_path / "s.db")
+    store = Store(db_url)
     await store.open()
     await store.put_doc("layouts", "operator", {"tiles": 4, "sources": ["a", "b"]})
     await store.put_doc("layouts", "operator", {"tiles": 9, "sources": ["c"]})
@@ -97,9 +107,125 @@ async def test_documents_survive_reopen(tmp_path: Path) -> None:
     assert await store.delete_doc("layouts", "dispatcher") is True
     assert await store.delete_doc("layouts", "nobody") is False
     await store.close()
-    store = Store(tmp_path / "s.db")
+    store = Store(db_url)
     await store.open()
     assert await store.get_doc("layouts", "operator") == {"tiles": 9, "sources": ["c"]}
     assert await store.get_doc("layouts", "dispatcher") is None
     assert await store.list_docs("layouts") == {"operator": {"tiles": 9, "sources": ["c"]}}
+    await store.close()
+
+
+async def test_postgres_timeline_tampering_is_detected(pg_url: str) -> None:
+    """On PostgreSQL too, verify-audit (given the database URL) finds an edited entry."""
+    import psycopg
+
+    store = Store(pg_url)
+    await store.open()
+    await store.insert(incident(), event_id=None, entry=entry("created"))
+    await store.update(incident(), entry=entry("dispatch"))
+    await store.close()
+
+    def audit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hub", "verify-audit", "--database-url",
+                               pg_url], capture_output=True, text=True, timeout=60)
+
+    assert audit().returncode == 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE timeline SET detail = '{}' WHERE seq = 2")
+    res = audit()
+    assert res.returncode == 1 and "inc_1 #2: entry was altered" in res.stderr
+
+
+# The schema GridHub 0.1 created itself (before Alembic), with a stored incident.
+LEGACY = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE incidents (id TEXT PRIMARY KEY, event_id TEXT UNIQUE, type TEXT NOT NULL,
+    state TEXT NOT NULL, severity TEXT NOT NULL, grid_id TEXT, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX incidents_created ON incidents (created_at);
+CREATE TABLE timeline (incident_id TEXT NOT NULL REFERENCES incidents (id),
+    seq INTEGER NOT NULL, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    from_state TEXT, to_state TEXT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL, PRIMARY KEY (incident_id, seq));
+CREATE TABLE snapshots (incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+    at TEXT NOT NULL, jpeg BLOB NOT NULL);
+CREATE TABLE frames (incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+    at TEXT NOT NULL, jpeg BLOB NOT NULL, detections TEXT NOT NULL);
+CREATE TABLE documents (scope TEXT NOT NULL, key TEXT NOT NULL, updated_at TEXT NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (scope, key));
+"""
+
+
+async def test_legacy_sqlite_store_is_migrated_in_place(tmp_path: Path) -> None:
+    """A store made before migrations is adopted: its incident, timeline and documents stay,
+    missing tables and columns are added, and the chain still verifies."""
+    path = tmp_path / "gridhub.sqlite3"
+    old = Store(tmp_path / "scratch.sqlite3")  # build the rows with today's hashing
+    await old.open()
+    inc = incident("inc_old")
+    await old.insert(inc, event_id="ev-old", entry=entry("created", "detector:c"))
+    rows = await old.read(lambda c: c.exec_driver_sql(
+        "SELECT incident_id, seq, at, actor, action, from_state, to_state, detail, "
+        "prev_hash, hash FROM timeline").all())
+    await old.close()
+    db = sqlite3.connect(path)
+    db.executescript(LEGACY)
+    db.execute("INSERT INTO incidents VALUES (?,?,?,?,?,?,?,?,?)",
+               ("inc_old", "ev-old", "person_down", "new", "orange", None,
+                inc.created_at.isoformat(), inc.updated_at.isoformat(),
+                inc.model_dump_json(exclude={"version", "queue_grid"})))
+    db.executemany("INSERT INTO timeline VALUES (?,?,?,?,?,?,?,?,?,?)", [tuple(r) for r in rows])
+    db.execute("INSERT INTO documents VALUES ('layouts', 'op', '2026-01-01', '{\"a\": 1}')")
+    db.commit()
+    db.close()
+
+    store = Store(path)
+    await store.open()
+    assert (await store.get("inc_old")).type == "person_down"
+    assert await store.get_doc("layouts", "op") == {"a": 1}
+    assert store.verify_chain() == []
+    await store.insert(incident("inc_new"), event_id=None, entry=entry("created"))
+    await store.update(incident("inc_new").model_copy(update={"version": 2}),
+                       entry=entry("dispatch"), expect_version=1,
+                       assign=[("civil-affairs", True)])
+    cols = await store.read(lambda c: {r[1] for r in c.exec_driver_sql(
+        "PRAGMA table_info(frames)").all()})
+    assert "box" in cols
+    await store.close()
+
+
+async def test_migrated_schema_matches_the_code(db_url: str) -> None:
+    """After the migrations, the database has exactly the tables and columns hub.schema
+    declares (Alembic's autogenerate finds nothing to add or drop)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from hub.schema import metadata
+
+    store = Store(db_url)
+    await store.open()
+
+    def diff(conn: object) -> list[object]:
+        ctx = MigrationContext.configure(conn)  # type: ignore[arg-type]
+        return [d for d in compare_metadata(ctx, metadata)
+                if d[0] in ("add_table", "remove_table", "add_column", "remove_column")]
+
+    assert await store.read(diff) == []
+    await store.close()
+
+
+async def test_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    """A store migrated by a newer GridHub is refused with a clear error, not damaged."""
+    path = tmp_path / "gridhub.sqlite3"
+    store = Store(path)
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE alembic_version SET version_num = '9999'")
+    db.commit()
+    db.close()
+    store = Store(path)
+    with pytest.raises(StoreError, match="newer than this GridHub"):
+        await store.open()
     await store.close()

@@ -327,8 +327,9 @@ async function start() {
 async function connect() {
   const gen = ++S.gen;
   clearTimeout(S.retryTimer);
-  teardownPeer();
   setState(S.retry ? "reconnecting" : "connecting", S.retry ? S.reason : "");
+  await teardownPeer(); // the old session is gone before the new one is offered
+  if (gen !== S.gen || !S.stream) return;
   const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
   S.pc = pc;
   const [track] = S.stream.getVideoTracks();
@@ -427,8 +428,7 @@ function retryLater(reason) {
 function fail(reason) {
   S.wanted = false;
   S.gen += 1;
-  teardownPeer();
-  stopCamera();
+  stopCamera(teardownPeer());
   setState("error", reason);
 }
 
@@ -436,38 +436,44 @@ function stop() {
   S.wanted = false;
   S.gen += 1;
   clearTimeout(S.retryTimer);
-  teardownPeer();
-  stopCamera();
+  stopCamera(teardownPeer());
   setState("idle");
 }
 
 function teardownPeer() {
   clearTimeout(S.disconnectedTimer);
   clearInterval(S.statsTimer);
-  if (S.location) deleteSession(S.location);
+  const pc = S.pc;
+  const url = S.location;
   S.location = null;
+  S.pc = null;
   if (S.dc) {
     S.dc.onclose = null;
     S.dc = null;
   }
-  if (S.pc) {
-    S.pc.onconnectionstatechange = null;
-    S.pc.close();
-    S.pc = null;
-  }
+  if (pc) pc.onconnectionstatechange = null;
   S.lastBytes = null;
   $("#video-facts").textContent = "—";
+  // DELETE first; the media stops once the hub has answered it (at most 2 s later), so the
+  // hub ends the session for the DELETE, not for the media that stopped a moment earlier.
+  const answered = url ? Promise.race([deleteSession(url), sleep(2000)]) : Promise.resolve();
+  return answered.then(() => { if (pc) pc.close(); });
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function deleteSession(url) {
   // Best effort: if the network is gone, the hub ends the session when video stops.
-  api(url, { method: "DELETE", keepalive: true }).catch(() => {});
+  return api(url, { method: "DELETE", keepalive: true }).catch(() => {});
 }
 
-function stopCamera() {
-  if (S.stream) for (const tr of S.stream.getTracks()) tr.stop();
+function stopCamera(after = Promise.resolve()) {
+  const stream = S.stream;
   S.stream = null;
   $("#preview").srcObject = null;
+  after.then(() => { if (stream) for (const tr of stream.getTracks()) tr.stop(); });
 }
 
 function startStats(pc) {

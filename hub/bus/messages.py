@@ -57,6 +57,10 @@ class IncidentEvent(Message):
     topic: ClassVar[str] = "incidents.events"
     kind: Literal["incident.created", "incident.updated"]
     incident: dict[str, Any] = Field(description="The incident as the API returns it.")
+    action: str | None = Field(None, description="The action that changed it (dispatch...).")
+    notice: str | None = Field(
+        None, description="What consoles should call attention to: escalated, merged, "
+        "deadline.warning, deadline.breached, challenge.created, challenge.overdue.")
 
 
 class CameraHealth(Message):
