@@ -42,6 +42,7 @@ from hub.incidents import (
     UnknownDepartment,
     can_see,
 )
+from hub.ledger import LEDGER_COLUMNS, STATS_COLUMNS, PeriodError, ledger, stats, to_csv
 from hub.models import (
     CameraBody,
     CameraOut,
@@ -465,6 +466,60 @@ async def cap(state: St, user: Me, incident_id: str) -> Response:
     xml = incident_to_cap(inc, state.site, sender=f"gridhub@{state.site.site.name}".replace(
         " ", "_").replace(",", "_").replace("<", "_").replace("&", "_"), msg_type=kind)
     return Response(xml, media_type="application/cap+xml")
+
+
+def _csv_or_json(data: Any, rows: list[dict[str, Any]], columns: list[str], fmt: str,
+                 name: str) -> Any:
+    if fmt == "csv":
+        return Response(to_csv(rows, columns), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+    return data
+
+
+def _check_filters(state: HubState, grid: str | None, department: str | None,
+                   type_: str | None) -> None:
+    if grid is not None and state.site.grid(grid) is None:
+        raise HTTPException(422, f"unknown grid {grid!r}")
+    if department is not None and state.site.department(department) is None:
+        raise HTTPException(422, f"unknown department {department!r}")
+    if type_ is not None and type_ not in state.site.incident_type_ids():
+        raise HTTPException(422, f"unknown incident type {type_!r}")
+
+
+@router.get("/api/ledger", tags=["statistics"],
+            responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
+async def get_ledger(
+    state: St, user: Me, grid: str | None = None, department: str | None = None,
+    type: str | None = None,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+) -> Any:
+    """The daily ledger (日清台账): every open case the user may see, oldest first, with
+    its level, departments, age, deadlines and the reason it is still open."""
+    _check_filters(state, grid, department, type)
+    data = await ledger(state.store, state.site, user, state.incidents.now(), grid=grid,
+                        department=department, type_=type)
+    return _csv_or_json(data, data["items"], LEDGER_COLUMNS, format, "ledger")
+
+
+@router.get("/api/stats", tags=["statistics"],
+            responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
+async def get_stats(
+    state: St, user: Me,
+    period: Annotated[str, Query(description="today, 7d, 30d, YYYY-MM or "
+                                 "YYYY-MM-DD/YYYY-MM-DD (site time zone)")] = "30d",
+    grid: str | None = None, department: str | None = None, type: str | None = None,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+) -> Any:
+    """Received, dispatched, escalated, resolved, closed, closure rate (办结率) and on-time
+    rate for a period, with a daily series for charts."""
+    _check_filters(state, grid, department, type)
+    try:
+        data = await stats(state.store, state.site, user, state.incidents.now(),
+                           period=period, grid=grid, department=department, type_=type)
+    except PeriodError as err:
+        raise HTTPException(422, str(err)) from err
+    rows = [{**{k: data[k] for k in STATS_COLUMNS}}]
+    return _csv_or_json(data, rows, STATS_COLUMNS, format, "stats")
 
 
 @router.get("/api/challenges", response_model=list[ChallengeOut], tags=["incidents"])

@@ -37,7 +37,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -743,7 +743,8 @@ class IncidentService:
         def put(conn: Connection) -> None:
             conn.execute(sa.insert(t.challenges).values(
                 id=cid, incident_id=inc.id, from_grid=last["from"], to_grid=inc.queue_grid,
-                by=user.username, reason=reason, at=now.isoformat(), due_at=due.isoformat(),
+                by=user.username, reason=reason, at=now.astimezone(UTC).isoformat(),
+                due_at=due.astimezone(UTC).isoformat(),
                 state="open"))
 
         return Step(changes={"open_challenges": inc.open_challenges + 1},
@@ -831,9 +832,10 @@ class IncidentService:
 
     async def _overdue_challenges(self, now: datetime) -> int:
         ch = t.challenges.c
+        cutoff = now.astimezone(UTC).isoformat()
         rows = await self.store.read(lambda conn: conn.execute(
             sa.select(ch.id, ch.incident_id).where(ch.state == "open",
-                                                   ch.due_at <= now.isoformat())).all())
+                                                   ch.due_at <= cutoff)).all())
         for cid, iid in rows:
             async with self._lock:
                 inc = await self.store.get(iid)

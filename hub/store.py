@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,7 +95,8 @@ def alembic_config(conn: Connection) -> AlembicConfig:
 
 
 def _iso(v: datetime | None) -> str | None:
-    return v.isoformat() if v is not None else None
+    """UTC ISO 8601, so that columns compare correctly as text."""
+    return v.astimezone(UTC).isoformat() if v is not None else None
 
 
 def _projection(inc: Incident) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def _projection(inc: Incident) -> dict[str, Any]:
     pos = inc.position
     return {
         "type": inc.type, "state": inc.state, "severity": inc.severity, "grid_id": inc.grid_id,
-        "created_at": inc.created_at.isoformat(), "updated_at": inc.updated_at.isoformat(),
+        "created_at": _iso(inc.created_at), "updated_at": _iso(inc.updated_at),
         "doc": inc.model_dump_json(), "version": inc.version, "source": inc.source,
         "queue_grid": inc.queue_grid, "lat": pos[0] if pos else None,
         "lon": pos[1] if pos else None, "ack_due": _iso(inc.ack_due),
@@ -432,7 +433,7 @@ class Store:
         if severity is not None:
             stmt = stmt.where(c.severity == severity)
         if since is not None:
-            stmt = stmt.where(c.created_at >= since.isoformat())
+            stmt = stmt.where(c.created_at >= _iso(since))
         for cond in where:
             stmt = stmt.where(cond)
         stmt = stmt.order_by(c.created_at.asc() if oldest_first else c.created_at.desc())
