@@ -168,6 +168,15 @@ async def departments(state: St, user: Me) -> list[DepartmentOut]:
     return [DepartmentOut(**d.model_dump()) for d in state.site.departments]
 
 
+@router.get("/api/types", tags=["reference"])
+async def incident_types(state: St, user: Me) -> list[dict[str, Any]]:
+    """Incident types: id, Chinese and English names, source (detector or manual), and
+    the departments suggested for them (without a grid)."""
+    return [{**it.model_dump(), "departments": [d.id for d in state.site.departments
+                                                if it.id in d.handles]}
+            for it in state.site.site.incident_types]
+
+
 def _camera_out(state: HubState, c: CameraConfig, admin: bool = True) -> CameraOut:
     h = state.cameras.get(c.id)
     src = c.source
