@@ -69,7 +69,8 @@ async def _fan_out(state: HubState) -> None:
                 def visible(user: User, inc: Incident = inc) -> bool:
                     return can_see(state.site, user, inc)
 
-                state.clients.send(ev.kind, ev.incident, visible)
+                state.clients.send(ev.kind, ev.incident, visible, action=ev.action,
+                                   notice=ev.notice)
 
     async def cameras() -> None:
         async with state.bus.listen(CameraHealth) as events:

@@ -77,9 +77,13 @@ class Clients:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def send(self, event_type: str, data: dict[str, Any], visible: Callable[[User], bool]) -> None:
-        """Queue an event for every client whose user passes ``visible``."""
-        text = json.dumps({"type": event_type, "data": data}, ensure_ascii=False, default=str)
+    def send(self, event_type: str, data: dict[str, Any], visible: Callable[[User], bool],
+             **extra: Any) -> None:
+        """Queue an event for every client whose user passes ``visible``; ``extra`` keys
+        (e.g. action, notice) go beside ``type`` and ``data``."""
+        text = json.dumps({"type": event_type, "data": data,
+                           **{k: v for k, v in extra.items() if v is not None}},
+                          ensure_ascii=False, default=str)
         for c in list(self._clients):
             if not visible(c.user):
                 continue
