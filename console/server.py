@@ -16,7 +16,8 @@ PAGES = {
     "/": "index.html",  # incidents: list, detail, dispatch, accept
     "/wall": "wall.html",  # video wall of live feeds
     "/map": "map.html",  # grids and patrol units
-    "/patrol": "patrol.html",  # a patrol tablet: publish video (WHIP) and GPS
+    "/patrol": "patrol.html",  # a patrol tablet: publish video (WHIP) and GPS; its dispatches
+    "/report": "report.html",  # grid staff's phone: report a problem with a photo and position
 }
 
 

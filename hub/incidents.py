@@ -36,6 +36,7 @@ import hashlib
 import logging
 import socket
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -137,6 +138,7 @@ class IncidentService:
     ) -> None:
         self.site = site
         self.store = store
+        store.alarm = self.alarm_at
         self.bus = bus
         self.camera = cameras or site.camera  # run-time camera list (hub.cameras)
         self.now = clock
@@ -153,7 +155,17 @@ class IncidentService:
         self.consumer = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.candidates_seen = 0
         self.last_error: str | None = None
-        self._lock = asyncio.Lock()  # one writer at a time: candidates and actions interleave
+        # One change at a time per incident (and per detector event, and per reported type
+        # while merging); different incidents change concurrently and the store commits
+        # their writes together. Across hubs, versions guard the same thing.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     # --- candidates from detectors ----------------------------------------------
 
@@ -201,7 +213,7 @@ class IncidentService:
 
     async def handle_candidate(self, c: IncidentCandidate) -> Incident | None:
         """Create or update the incident for a candidate's event. Idempotent per event."""
-        async with self._lock:
+        async with self._lock(f"event:{c.event_id}"):
             inc = await self._by_event(c.event_id)
             snap = (c.at, c.snapshot_jpeg) if c.snapshot_jpeg else None
             frame = ((c.frame_jpeg, c.detections, c.boxes[0] if c.boxes else None)
@@ -432,7 +444,8 @@ class IncidentService:
                                "every grid of this site")
         if user.grid and not in_subtree(self.site, grid.id, user.grid) and user.role != "admin":
             raise Forbidden(f"the position is outside your grid ({user.grid})")
-        async with self._lock:
+        # Reports of a type in one ~1 km square merge one at a time.
+        async with self._lock(f"report:{type_}:{round(position[0], 2)}:{round(position[1], 2)}"):
             now = self.now()
             iid = new_incident_id(now)
             inc = Incident(
@@ -480,7 +493,7 @@ class IncidentService:
     async def add_photo(self, incident_id: str, user: User, data: bytes, content_type: str,
                         origin: str) -> str:
         """Attach a photo (JPEG, PNG or WebP) to a case; returns its id."""
-        async with self._lock:
+        async with self._lock(incident_id):
             inc = await self.store.get(incident_id)
             if not can_see(self.site, user, inc):
                 raise Forbidden("you cannot see this incident")
@@ -544,7 +557,7 @@ class IncidentService:
 
     async def _apply(self, incident_id: str, user: User, action: str, origin: str,
                      handler: Any, body: dict[str, Any]) -> Incident:
-        async with self._lock:
+        async with self._lock(incident_id):
             inc = await self.store.get(incident_id)
             self._check(user, action, inc)
             to: State | None = next_state(action, inc.state)
@@ -760,9 +773,16 @@ class IncidentService:
         now = self.now()
         wf = self.site.rules.workflow
         changed = 0
-        open_cases = await self.store.query(state=OPEN, limit=None, oldest_first=True)
-        self._busy_units = {u for i in open_cases for u in i.units}
-        for inc in open_cases:
+        c = t.incidents.c
+        cutoff = now.astimezone(UTC).isoformat()
+        due = await self.store.query(state=OPEN, limit=None, oldest_first=True,
+                                     where=[c.alarm_at <= cutoff])
+        a = t.assignments.c
+        busy = await self.store.read(lambda conn: conn.execute(
+            sa.select(a.assignee).distinct().join(t.incidents, c.id == a.incident_id).where(
+                a.assignee.like("unit:%"), c.state.in_(list(OPEN)))).scalars().all())
+        self._busy_units = {u.removeprefix("unit:") for u in busy}
+        for inc in due:
             try:
                 if await self._check_one(inc, now, wf.warn_at, wf.escalate_on_breach):
                     changed += 1
@@ -770,6 +790,26 @@ class IncidentService:
                 log.info("deadlines: %s skipped: %s", inc.id, err)
         changed += await self._overdue_challenges(now)
         return changed
+
+    def alarm_at(self, inc: Incident) -> datetime | None:
+        """The next time the checker must look at ``inc``: its next warning point or
+        deadline not yet handled at its level (None: closed, or nothing pending)."""
+        if inc.state not in OPEN:
+            return None
+        warn_at = self.site.rules.workflow.warn_at
+        level = inc.queue_grid or "-"
+        times = []
+        for kind, due, start, applies in (
+            ("ack", inc.ack_due, inc.dispatched_at, inc.state == "dispatched"),
+            ("resolve", inc.resolve_due, inc.resolve_from or inc.created_at, True),
+        ):
+            if due is None or start is None or not applies:
+                continue
+            if f"{kind}-warn@{level}" not in inc.warned:
+                times.append(start + (due - start) * warn_at)
+            if f"{kind}-breach@{level}" not in inc.warned:
+                times.append(due)
+        return min(times) if times else None
 
     async def _check_one(self, inc: Incident, now: datetime, warn_at: float,
                          escalate: bool) -> bool:
@@ -796,7 +836,7 @@ class IncidentService:
                   f"{due.isoformat()} missed")
         here = self.site.grid(inc.queue_grid) if inc.queue_grid else None
         if escalate and here is not None and here.parent:
-            async with self._lock:
+            async with self._lock(inc.id):
                 fresh = await self.store.get(inc.id)
                 if fresh.version != inc.version:
                     return False  # changed meanwhile; the next check sees the new state
@@ -821,7 +861,7 @@ class IncidentService:
 
     async def _system_step(self, inc: Incident, now: datetime, action: str,
                            detail: dict[str, Any], *, warned: str, notice: Notice) -> None:
-        async with self._lock:
+        async with self._lock(inc.id):
             new = inc.model_copy(update={"warned": [*inc.warned, warned], "updated_at": now,
                                          "version": inc.version + 1})
             await self.store.update(
@@ -837,7 +877,7 @@ class IncidentService:
             sa.select(ch.id, ch.incident_id).where(ch.state == "open",
                                                    ch.due_at <= cutoff)).all())
         for cid, iid in rows:
-            async with self._lock:
+            async with self._lock(iid):
                 inc = await self.store.get(iid)
                 new = inc.model_copy(update={"updated_at": now, "version": inc.version + 1})
 

@@ -54,8 +54,10 @@ incidents = Table(
     Column("accepted_at", Text),
     Column("resolved_at", Text),
     Column("closed_at", Text),
+    Column("alarm_at", Text),  # when the deadline checker must next look at it
 )
 Index("incidents_created", incidents.c.created_at)
+Index("incidents_alarm", incidents.c.alarm_at)
 Index("incidents_state", incidents.c.state)
 Index("incidents_type_created", incidents.c.type, incidents.c.created_at)
 

@@ -99,10 +99,11 @@ def _iso(v: datetime | None) -> str | None:
     return v.astimezone(UTC).isoformat() if v is not None else None
 
 
-def _projection(inc: Incident) -> dict[str, Any]:
+def _projection(inc: Incident, alarm: datetime | None = None) -> dict[str, Any]:
     """The incident's columns: its document plus the fields queries filter on."""
     pos = inc.position
     return {
+        "alarm_at": _iso(alarm),
         "type": inc.type, "state": inc.state, "severity": inc.severity, "grid_id": inc.grid_id,
         "created_at": _iso(inc.created_at), "updated_at": _iso(inc.updated_at),
         "doc": inc.model_dump_json(), "version": inc.version, "source": inc.source,
@@ -121,8 +122,19 @@ class Store:
         self.url = database_url(where)
         self.path = Path(where) if self.url.startswith("sqlite:") else None
         self.where = str(self.path) if self.path else masked(self.url)
-        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # One writer thread (group commit: the writes that queue up while a commit is on
+        # disk go together in the next transaction, each in its own savepoint) and two
+        # reader threads (WAL lets them read while the writer writes).
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-w")
+        self._rx = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-r")
         self._engine: Engine | None = None
+        self._pending: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # When the deadline checker must next look at an incident (set by the incident
+        # service; stored as the alarm_at column so it finds due cases by an index).
+        self.alarm: Callable[[Incident], datetime | None] = lambda inc: None
+        self.commits = 0  # transactions committed (each one disk sync)
+        self.writes = 0  # writes committed (several per transaction under load)
 
     @property
     def dialect(self) -> str:
@@ -153,7 +165,7 @@ class Store:
                 reading = conn.get_execution_options().get("gridhub_read", False)
                 conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
         else:
-            engine = sa.create_engine(self.url, pool_size=2, pool_pre_ping=True)
+            engine = sa.create_engine(self.url, pool_size=4, pool_pre_ping=True)
         try:
             with engine.begin() as conn:
                 self._migrate(conn)
@@ -174,10 +186,13 @@ class Store:
             command.upgrade(alembic_config(conn), "head")
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)  # queued writes land before closing
         if self._engine is not None:
             await self._run(self._engine.dispose)
             self._engine = None
         self._ex.shutdown(wait=True)
+        self._rx.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
@@ -188,22 +203,63 @@ class Store:
             raise StoreError("store is not open")
         return self._engine
 
-    def _tx(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one transaction (committed on return, rolled back on error)."""
-        with self.engine.begin() as conn:
-            return fn(conn)
-
     def _read(self, fn: Callable[[Connection], T]) -> T:
         with self.engine.connect() as conn:
             return fn(conn.execution_options(gridhub_read=True))
 
     async def tx(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(connection)`` in one transaction on the store's thread."""
-        return await self._run(self._tx, fn)
+        """Run ``fn(connection)`` atomically (in its own savepoint of a group commit) on the
+        writer thread; returns once it is committed."""
+        return await self._submit(fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(connection)`` (reads only) on the store's thread."""
-        return await self._run(self._read, fn)
+        """Run ``fn(connection)`` (reads only) on a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._rx, self._read, fn)
+
+    async def _submit(self, fn: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="store-flush")
+        return await fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await loop.run_in_executor(
+                    self._ex, self._commit_batch, [fn for fn, _ in batch])
+            except Exception as err:  # the commit itself failed: nothing in it landed
+                results = [(False, err)] * len(batch)
+            for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _commit_batch(self, fns: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Run each write in its own savepoint of one transaction; one commit for all."""
+        results: list[tuple[bool, Any]] = []
+        with self.engine.begin() as conn:
+            for fn in fns:
+                sp = conn.begin_nested()
+                try:
+                    value = fn(conn)
+                    sp.commit()
+                    results.append((True, value))
+                except IntegrityError as err:  # a racing writer took the same key first
+                    sp.rollback()
+                    results.append((False, Conflict(f"concurrent change: {err.orig}")))
+                except Exception as err:  # this write fails alone; the others go on
+                    sp.rollback()
+                    results.append((False, err))
+        self.commits += 1
+        self.writes += sum(1 for ok, _ in results if ok)
+        return results
 
     # --- documents -------------------------------------------------------------
 
@@ -294,10 +350,11 @@ class Store:
     ) -> TimelineEntry | None:
         if insert:
             conn.execute(sa.insert(t.incidents).values(
-                id=inc.id, event_id=event_id, **_projection(inc)))
+                id=inc.id, event_id=event_id, **_projection(inc, self.alarm(inc))))
         else:
             c = t.incidents.c
-            stmt = sa.update(t.incidents).where(c.id == inc.id).values(**_projection(inc))
+            stmt = sa.update(t.incidents).where(c.id == inc.id).values(
+                **_projection(inc, self.alarm(inc)))
             if expect_state is not None:
                 stmt = stmt.where(c.state == expect_state)
             if expect_version is not None:
@@ -339,12 +396,6 @@ class Store:
             "reason": ex.get("reason"), "jpeg": row.jpeg, "detections": row.detections,
         }, keys=("incident_id",))
 
-    def _commit(self, fn: Callable[[Connection], T]) -> T:
-        try:
-            return self._tx(fn)
-        except IntegrityError as err:  # a racing writer took the same key first
-            raise Conflict(f"concurrent change: {err.orig}") from err
-
     async def insert(
         self,
         inc: Incident,
@@ -363,7 +414,7 @@ class Store:
                 conn.execute(sa.insert(t.photos).values(incident_id=inc.id, **p))
             return written
 
-        return await self._run(self._commit, run)
+        return await self._submit(run)
 
     async def update(
         self,
@@ -393,7 +444,7 @@ class Store:
                 also(conn)
             return written
 
-        return await self._run(self._commit, run)
+        return await self._submit(run)
 
     # --- reads ---------------------------------------------------------------
 

@@ -1,17 +1,48 @@
 // GridHub operator / department console. Plain ES module, no build step, no external resources.
 import {
-  t, label, getLang, toggleLang, onLangChange, applyI18n,
+  t, label, getLang, toggleLang, onLangChange, applyI18n, setTypeNames,
   INCIDENT_TYPES, STATES, SEVERITIES,
 } from "/static/i18n.js";
+import * as sound from "/static/sound.js";
+import { initViews, showView, viewsForRole, onIncidentEvent } from "/static/views.js";
 
 // ---------------------------------------------------------------------------
 // Constants
 // ---------------------------------------------------------------------------
 const TOKEN_KEY = "gridhub.token";
-const DISPATCH_ROLES = new Set(["admin", "operator", "dispatcher"]);
-const DISPATCHABLE_STATES = new Set(["new", "confirmed"]);
-const ACCEPTABLE_STATES = new Set(["dispatched"]);
+const JUDGES = new Set(["admin", "operator", "dispatcher"]);
 const JUDGEABLE_STATES = new Set(["new", "reopened"]);
+// Mirrors hub/states.py (the server is the authority; this only decides what to show).
+const OPEN = ["new", "confirmed", "dispatched", "accepted", "on_scene", "reopened", "escalated"];
+const WORKING = ["dispatched", "accepted", "on_scene"];
+const FROM = {
+  confirm: ["new", "reopened"],
+  dispatch: ["new", "confirmed", "reopened", "escalated", "dispatched"],
+  accept: ["dispatched"],
+  en_route: ["accepted"],
+  on_scene: ["dispatched", "accepted"],
+  feedback: WORKING,
+  resolve: ["accepted", "on_scene"],
+  close: ["resolved"],
+  dismiss: ["new", "confirmed", "reopened"],
+  reopen: ["resolved", "closed", "dismissed"],
+  escalate: OPEN,
+  challenge: ["escalated"],
+  severity: OPEN,
+  comment: STATES,
+};
+const ASSIGNEE_ACTIONS = new Set(["accept", "en_route", "on_scene", "feedback", "resolve"]);
+const ROLE_ACTIONS = {
+  department: new Set([...ASSIGNEE_ACTIONS, "escalate", "comment"]),
+  patrol: new Set([...ASSIGNEE_ACTIONS, "comment"]),
+  operator: new Set(["confirm", "dismiss", "dispatch", "close", "reopen", "escalate", "severity",
+    "challenge", "comment"]),
+  reviewer: new Set(["comment"]),
+  staff: new Set(["comment"]),
+};
+ROLE_ACTIONS.dispatcher = ROLE_ACTIONS.operator;
+const NEEDS_TEXT = new Set(["reopen", "escalate", "challenge", "severity", "comment", "feedback",
+  "resolve"]);
 const DISMISS_LABELS = ["not_person", "person_ok", "other"];
 const LIST_LIMIT = 200;
 const MAX_ROWS = 500;
@@ -25,6 +56,12 @@ const S = {
   user: null,
   departments: [],
   deptById: new Map(),
+  units: [], // patrol units (for dispatching), loaded for the command center's roles
+  unitById: new Map(),
+  pick: null, // the "dispatch to others" choices for the selected incident
+  severityPick: null,
+  photos: new Map(), // "incident/photo" -> object URL (photos need the bearer token)
+  view: "incidents",
   knownTypes: new Set(INCIDENT_TYPES),
   incidents: new Map(), // id -> incident (without timeline); only those matching the filters
   filters: { state: "", type: "", severity: "" },
@@ -155,7 +192,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", json, form, raw = false, auth = true } = {}) {
+async function api(path, { method = "GET", json, form, multipart, raw = false, auth = true } = {}) {
   const headers = { Accept: raw ? "*/*" : "application/json" };
   let body;
   if (json !== undefined) {
@@ -164,6 +201,8 @@ async function api(path, { method = "GET", json, form, raw = false, auth = true 
   } else if (form !== undefined) {
     headers["Content-Type"] = "application/x-www-form-urlencoded";
     body = new URLSearchParams(form).toString();
+  } else if (multipart !== undefined) {
+    body = multipart; // FormData: the browser sets the multipart boundary
   }
   if (auth && S.token) headers.Authorization = `Bearer ${S.token}`;
   const signal = auth && S.session ? S.session.signal : undefined;
@@ -208,6 +247,11 @@ function errorMessage(err, fallbackKey = "error.generic") {
   if (typeof err.detail === "string") detail = err.detail;
   else if (Array.isArray(err.detail)) {
     detail = err.detail.map((d) => (d && d.msg ? d.msg : JSON.stringify(d))).join("; ");
+  } else if (err.detail && typeof err.detail === "object" && err.detail.message) {
+    // 409 {message, allowed}: say what the server refused and what it would allow.
+    const allowed = Array.isArray(err.detail.allowed) && err.detail.allowed.length
+      ? ` ${t("error.allowed", { actions: err.detail.allowed.map((a) => label("tl.action", a)).join(", ") })}` : "";
+    detail = `${err.detail.message}${allowed}`;
   }
   return { main: t(key), key, detail };
 }
@@ -239,7 +283,7 @@ function setLoginError(msg) {
 }
 
 function showLogin(message = null) {
-  show($("#console-view"), false);
+  showView(null);
   show($("#login-view"), true);
   for (const id of ["#logout-btn", "#current-user", "#conn-status"]) show($(id), false);
   setLoginError(message);
@@ -326,9 +370,11 @@ async function boot() {
   }
   S.deptById = new Map(S.departments.map((d) => [d.id, d]));
   for (const d of S.departments) for (const ty of d.handles || []) S.knownTypes.add(ty);
+  await loadTypes();
+  await loadUnits();
 
   show($("#login-view"), false);
-  show($("#console-view"), true);
+  showView(viewsForRole(me.role).includes(S.view) ? S.view : "incidents");
   show($("#logout-btn"), true);
   show($("#current-user"), true);
   show($("#conn-status"), true);
@@ -340,6 +386,32 @@ async function boot() {
   const fromHash = hashIncident();
   if (fromHash) selectIncident(fromHash, { updateHash: false });
   else renderDetail();
+}
+
+async function loadTypes() {
+  try {
+    const types = await api("/api/types");
+    S.types = Array.isArray(types) ? types : [];
+  } catch (err) {
+    if (isAbort(err)) return;
+    S.types = [];
+  }
+  setTypeNames(S.types);
+  for (const ty of S.types) S.knownTypes.add(ty.id);
+}
+
+/** Patrol units for the dispatch picker (the command center's roles only). */
+async function loadUnits() {
+  if (!S.user || !JUDGES.has(S.user.role)) return;
+  try {
+    const units = await api("/api/units");
+    S.units = Array.isArray(units) ? units : [];
+  } catch (err) {
+    if (isAbort(err)) return;
+    S.units = []; // unit tracking off on this hub: dispatch to departments only
+  }
+  S.unitById = new Map(S.units.map((u) => [u.id, u]));
+  rerenderActions();
 }
 
 function renderUser() {
@@ -586,8 +658,12 @@ function selectIncident(id, { updateHash = true } = {}) {
     S.detailError = null;
     S.action = { busy: null, error: null, info: null };
     resetSnapshot();
+    S.pick = null;
+    S.severityPick = null;
     const note = $("#action-note");
     if (note) note.value = "";
+    const photo = $("#action-photo");
+    if (photo) photo.value = "";
   }
   for (const li of $("#incident-list").querySelectorAll("li.incident")) {
     const on = li.dataset.id === id;
@@ -717,6 +793,14 @@ function buildDetailSkeleton(body) {
           h("h3", { "data-i18n": "detail.fields", text: t("detail.fields") }),
           h("dl", { id: "detail-fields", class: "fields" }),
         ),
+        h("section", { id: "escalations-card", class: "card", hidden: true },
+          h("h3", { "data-i18n": "detail.escalations", text: t("detail.escalations") }),
+          h("ol", { id: "escalations", class: "escalations" }),
+        ),
+        h("section", { id: "photos-card", class: "card", hidden: true },
+          h("h3", { "data-i18n": "detail.photos", text: t("detail.photos") }),
+          h("div", { id: "photos", class: "photos" }),
+        ),
       ),
       h("div", { class: "detail-col detail-col-side" },
         h("section", { class: "card actions-card" },
@@ -728,6 +812,10 @@ function buildDetailSkeleton(body) {
               id: "action-note", rows: "2", maxlength: "500",
               "data-i18n-placeholder": "detail.note.placeholder", placeholder: t("detail.note.placeholder"),
             }),
+          ),
+          h("label", { class: "field photo-field", hidden: true },
+            h("span", { "data-i18n": "detail.photo", text: t("detail.photo") }),
+            h("input", { id: "action-photo", type: "file", accept: "image/jpeg,image/png,image/webp", multiple: true }),
           ),
           h("p", { id: "action-error", class: "error", role: "alert", hidden: true }),
           h("p", { id: "action-info", class: "info", role: "status", hidden: true }),
@@ -745,29 +833,107 @@ function buildDetailSkeleton(body) {
   });
 }
 
+function countdown(iso) {
+  if (!iso) return null;
+  const el = h("span", { class: "countdown", dataset: { due: iso }, title: fmtDateTime(iso) });
+  updateCountdown(el);
+  return el;
+}
+
+function updateCountdown(el) {
+  const due = timeOf(el.dataset.due);
+  const left = Math.round((due - Date.now()) / 1000);
+  const a = Math.abs(left);
+  const hms = a >= 86400 ? t("age.day", { n: Math.floor(a / 86400) }).replace(/ ?(ago|前)$/, "")
+    : `${a >= 3600 ? `${Math.floor(a / 3600)}:` : ""}${pad(Math.floor((a % 3600) / 60))}:${pad(a % 60)}`;
+  el.textContent = left >= 0 ? t("due.left", { t: hms }) : t("due.over", { t: hms });
+  el.classList.toggle("overdue", left < 0);
+  el.dataset.overdue = left < 0 ? "true" : "false";
+}
+
 function renderFields(inc) {
   const dl = $("#detail-fields");
+  const manual = inc.source === "manual";
+  const pos = Array.isArray(inc.position) ? `${Number(inc.position[0]).toFixed(6)}, ${Number(inc.position[1]).toFixed(6)}` : null;
   const rows = [
     ["detail.id", inc.id],
     ["detail.type", label("type", inc.type)],
     ["detail.state", stateBadge(inc.state)],
-    ["detail.severity", h("span", { class: `sev-chip sev-${inc.severity || "blue"}`, text: label("severity", inc.severity) })],
-    ["detail.camera", [inc.camera_name, inc.camera_id && inc.camera_name ? `(${inc.camera_id})` : inc.camera_id].filter(Boolean).join(" ")],
+    ["detail.severity", [h("span", { class: `sev-chip sev-${inc.severity || "blue"}`, text: label("severity", inc.severity) }),
+      inc.severity_reason ? h("span", { class: "muted", text: ` ${inc.severity_reason}` }) : null]],
+    ["detail.source", label("source", inc.source || "detector")],
+    manual ? ["detail.reporter", inc.reporter] : null,
+    manual || inc.description ? ["detail.description", inc.description] : null,
+    inc.reports > 1 ? ["detail.reports", String(inc.reports)] : null,
+    inc.people ? ["detail.people", String(inc.people)] : null,
+    manual ? null : ["detail.camera", [inc.camera_name, inc.camera_id && inc.camera_name ? `(${inc.camera_id})` : inc.camera_id].filter(Boolean).join(" ")],
     ["detail.grid", [inc.grid_name, inc.grid_id && inc.grid_name ? `(${inc.grid_id})` : inc.grid_id].filter(Boolean).join(" ")],
-    ["detail.confidence", fmtConfidence(inc.confidence)],
-    ["detail.track", inc.track_id ?? "—"],
+    ["detail.queue", inc.queue_grid_name || inc.queue_grid],
+    pos ? ["detail.position", pos] : null,
+    manual ? null : ["detail.confidence", fmtConfidence(inc.confidence)],
+    manual ? null : ["detail.track", inc.track_id ?? "—"],
     ["detail.started_at", fmtDateTime(inc.started_at)],
-    ["detail.last_seen_at", fmtDateTime(inc.last_seen_at)],
+    manual ? null : ["detail.last_seen_at", fmtDateTime(inc.last_seen_at)],
     ["detail.created_at", fmtDateTime(inc.created_at)],
     ["detail.updated_at", fmtDateTime(inc.updated_at)],
-    ["detail.suggested", deptList(inc.suggested_departments)],
+    ["detail.suggested", [deptList(inc.suggested_departments),
+      inc.suggested_unit ? ` + ${unitName(inc.suggested_unit)}` : ""]],
     ["detail.assigned", deptList(inc.departments)],
     ["detail.lead", inc.lead_department ? deptName(inc.lead_department) : t("detail.none")],
-  ];
+    ["detail.units", Array.isArray(inc.units) && inc.units.length ? inc.units.map(unitName).join(getLang() === "en" ? ", " : "、") : t("detail.none")],
+    inc.ack_due ? ["detail.ack_due", countdown(inc.ack_due)] : null,
+    inc.resolve_due ? ["detail.resolve_due", countdown(inc.resolve_due)] : null,
+    inc.open_challenges ? ["detail.challenges", h("span", { class: "challenge-count", text: String(inc.open_challenges) })] : null,
+    inc.last_note ? ["detail.last_note", inc.last_note] : null,
+  ].filter(Boolean);
   dl.replaceChildren(...rows.map(([k, v]) => h("div", { class: "field-row", dataset: { field: k.slice(7) } },
     h("dt", { text: t(k) }),
     h("dd", null, v === null || v === undefined || v === "" ? "—" : v),
   )));
+  renderEscalations(inc);
+  renderPhotos(inc);
+}
+
+function renderEscalations(inc) {
+  const list = Array.isArray(inc.escalations) ? inc.escalations : [];
+  show($("#escalations-card"), list.length > 0);
+  $("#escalations").replaceChildren(...list.map((e) => h("li", { class: "escalation" },
+    h("span", { text: `${e.from_name || e.from || "—"} → ${e.to_name || e.to || "—"}` }),
+    h("span", { class: "muted", text: ` ${fmtShort(e.at)} ${e.by || ""}` }),
+    e.reason ? h("div", { class: "muted small", text: e.reason }) : null,
+  )));
+}
+
+function renderPhotos(inc) {
+  const ids = Array.isArray(inc.photos) ? inc.photos : [];
+  show($("#photos-card"), ids.length > 0);
+  const box = $("#photos");
+  const have = [...box.children].map((a) => a.dataset.photo).join(",");
+  if (have === ids.join(",")) return;
+  box.replaceChildren(...ids.map((pid) => {
+    const a = h("a", { class: "thumb", dataset: { photo: pid }, target: "_blank", rel: "noopener" },
+      h("img", { alt: t("detail.photo"), loading: "lazy" }));
+    loadPhoto(inc.id, pid, a);
+    return a;
+  }));
+}
+
+async function loadPhoto(incId, pid, a) {
+  const key = `${incId}/${pid}`;
+  let url = S.photos.get(key);
+  if (!url) {
+    try {
+      const res = await api(`/api/incidents/${encodeURIComponent(incId)}/photos/${encodeURIComponent(pid)}`, { raw: true });
+      url = URL.createObjectURL(await res.blob());
+      S.photos.set(key, url);
+    } catch (err) {
+      a.classList.add("broken");
+      return;
+    }
+  }
+  a.href = url;
+  a.querySelector("img").src = url;
+  a.dataset.loaded = "true";
 }
 
 // --- snapshot ---------------------------------------------------------------
@@ -864,19 +1030,66 @@ function renderBoxes(inc) {
 }
 
 // --- actions ----------------------------------------------------------------
-function canDispatch(inc) {
-  return !!S.user && DISPATCH_ROLES.has(S.user.role) && DISPATCHABLE_STATES.has(inc.state);
+function isMine(inc) {
+  const u = S.user;
+  if (!u) return false;
+  if (u.role === "department") return !!u.department && (inc.departments || []).includes(u.department);
+  if (u.role === "patrol") return !!u.unit && (inc.units || []).includes(u.unit);
+  return false;
 }
-function canAccept(inc) {
-  if (!S.user || !ACCEPTABLE_STATES.has(inc.state)) return false;
-  const assigned = Array.isArray(inc.departments) ? inc.departments : [];
-  if (S.user.role === "admin") return true;
-  return S.user.role === "department" && !!S.user.department && assigned.includes(S.user.department);
+
+/** Whether the user's role and the incident's state allow `action` (the server decides). */
+function may(action, inc) {
+  if (!S.user || !inc || !(FROM[action] || []).includes(inc.state)) return false;
+  const role = S.user.role;
+  if (role === "admin") return true;
+  if (!ROLE_ACTIONS[role]?.has(action)) return false;
+  if (ASSIGNEE_ACTIONS.has(action) || (role === "department" && action === "escalate")) return isMine(inc);
+  return true;
 }
 
 function canJudge(inc) {
-  return !!S.user && DISPATCH_ROLES.has(S.user.role) && JUDGEABLE_STATES.has(inc.state)
+  return !!S.user && JUDGES.has(S.user.role) && JUDGEABLE_STATES.has(inc.state)
     && inc.source !== "manual";
+}
+
+function unitName(id) {
+  const u = S.unitById.get(id);
+  return u ? `${u.name}` : String(id);
+}
+
+/** "民政局（牵头）、急救中心 + 巡逻一号车" */
+function whoText(deps, lead, units) {
+  const sep = getLang() === "en" ? ", " : "、";
+  const parts = (deps || []).map((d) => (d === lead ? `${deptName(d)}${t("dispatch.lead_mark")}` : deptName(d)));
+  const us = (units || []).map(unitName);
+  return [parts.join(sep), us.join(sep)].filter(Boolean).join(" + ");
+}
+
+function suggestion(inc) {
+  const deps = (Array.isArray(inc.suggested_departments) ? inc.suggested_departments : []).filter(Boolean);
+  const lead = inc.lead_department && deps.includes(inc.lead_department) ? inc.lead_department : deps[0] || null;
+  const units = inc.suggested_unit ? [inc.suggested_unit] : [];
+  return { deps, lead, units };
+}
+
+/** The "dispatch to others" picker keeps its choices in S (the panel is re-rendered on pushes). */
+function pickFor(inc) {
+  if (!S.pick || S.pick.id !== inc.id) {
+    const sug = suggestion(inc);
+    S.pick = { id: inc.id, open: false, deps: new Set(sug.deps), lead: sug.lead, units: new Set(sug.units) };
+  }
+  return S.pick;
+}
+
+function btn(id, kind, text, opts = {}) {
+  const busy = S.action.busy;
+  return h("button", {
+    id, type: "button", class: `btn ${opts.cls || "btn-secondary"}`,
+    dataset: { action: kind }, disabled: !!busy,
+    text: busy === kind ? t("action.working") : text,
+    onclick: opts.onclick || (() => runAction(kind)),
+  });
 }
 
 function renderJudge(box, busy) {
@@ -889,126 +1102,204 @@ function renderJudge(box, busy) {
   }, DISMISS_LABELS.map((l) => h("option", { value: l, text: t(`dismiss.${l}`) })));
   sel.value = DISMISS_LABELS.includes(S.dismissLabel) ? S.dismissLabel : "not_person";
   box.append(h("div", { class: "action-row action-judge" },
-    h("button", {
-      id: "confirm-btn", type: "button", class: "btn btn-secondary",
-      disabled: !!busy,
-      text: busy === "confirm" ? t("action.working") : t("action.confirm"),
-      onclick: () => runAction("confirm"),
-    }),
+    btn("confirm-btn", "confirm", t("action.confirm")),
     h("label", { class: "inline-label", for: "dismiss-label", text: t("action.dismiss.label") }),
     sel,
+    btn("dismiss-btn", "dismiss", t("action.dismiss")),
+  ));
+}
+
+function renderDispatch(box, inc, busy) {
+  const sug = suggestion(inc);
+  if (sug.deps.length || sug.units.length) {
+    box.append(h("div", { class: "action-row action-dispatch" },
+      h("button", {
+        id: "dispatch-btn", type: "button", class: "btn btn-primary btn-large",
+        dataset: { action: "dispatch" }, disabled: !!busy,
+        text: busy === "dispatch" ? t("action.working")
+          : t("action.dispatch_suggested", { who: whoText(sug.deps, sug.lead, sug.units) }),
+        onclick: () => runAction("dispatch"),
+      }),
+    ));
+    if (!sug.units.length) box.append(h("p", { id: "dispatch-no-unit", class: "muted small", text: t("dispatch.no_unit") }));
+  } else {
+    box.append(h("p", { class: "muted small", text: t("dispatch.no_suggestion") }));
+  }
+
+  // Several departments (one leading) and patrol units.
+  const pick = pickFor(inc);
+  const handles = (id) => !!S.deptById.get(id)?.handles?.includes(inc.type);
+  let deps = S.departments.map((d) => d.id);
+  for (const s of sug.deps) if (!deps.includes(s)) deps.push(s);
+  deps = [...deps.filter(handles), ...deps.filter((d) => !handles(d))];
+  const chosen = deps.filter((d) => pick.deps.has(d));
+  if (!chosen.includes(pick.lead)) pick.lead = chosen[0] || null;
+  const details = h("details", {
+    id: "dispatch-other", class: "dispatch-other", open: pick.open,
+    ontoggle: (e) => { const was = pick.open; pick.open = e.target.open; if (pick.open && !was) loadUnits(); },
+  },
+  h("summary", { text: t("action.dispatch_other.label") }),
+  h("fieldset", { class: "pick pick-deps" },
+    h("legend", { text: t("dispatch.departments") }),
+    deps.map((d) => h("label", { class: "check" },
+      h("input", {
+        type: "checkbox", name: "dispatch-dept", value: d, checked: pick.deps.has(d), disabled: !!busy,
+        onchange: (e) => { if (e.target.checked) pick.deps.add(d); else pick.deps.delete(d); rerenderActions(); },
+      }),
+      h("span", { text: deptName(d) + (handles(d) ? t("dept.handles") : "") }),
+    )),
+  ),
+  h("label", { class: "filter" },
+    h("span", { text: t("dispatch.lead") }),
+    (() => {
+      const sel = h("select", {
+        id: "dispatch-lead", name: "lead", disabled: !!busy || !chosen.length,
+        onchange: (e) => { pick.lead = e.target.value || null; },
+      }, chosen.map((d) => h("option", { value: d, text: deptName(d) })));
+      if (pick.lead) sel.value = pick.lead;
+      return sel;
+    })(),
+  ),
+  h("fieldset", { class: "pick pick-units" },
+    h("legend", { text: t("dispatch.units") }),
+    S.units.length ? S.units.map((u) => h("label", { class: "check" },
+      h("input", {
+        type: "checkbox", name: "dispatch-unit", value: u.id, checked: pick.units.has(u.id), disabled: !!busy,
+        onchange: (e) => { if (e.target.checked) pick.units.add(u.id); else pick.units.delete(u.id); },
+      }),
+      h("span", { text: `${u.name}${u.online ? "" : t("dispatch.unit_offline")}` }),
+    )) : h("span", { class: "muted small", text: t("dispatch.no_units") }),
+  ),
+  h("div", { class: "action-row" },
     h("button", {
-      id: "dismiss-btn", type: "button", class: "btn btn-secondary",
-      disabled: !!busy,
-      text: busy === "dismiss" ? t("action.working") : t("action.dismiss"),
-      onclick: () => runAction("dismiss"),
+      id: "dispatch-other-btn", type: "button", class: "btn btn-secondary",
+      disabled: !!busy || (!pick.deps.size && !pick.units.size),
+      text: busy === "dispatch-other" ? t("action.working") : t("action.dispatch_other"),
+      onclick: () => runAction("dispatch-other"),
     }),
   ));
+  box.append(details);
 }
 
 function renderActions(inc) {
   const box = $("#detail-actions");
   const busy = S.action.busy;
   box.replaceChildren();
-  const dispatch = canDispatch(inc);
-  const accept = canAccept(inc);
 
-  if (dispatch) {
-    const suggested = (Array.isArray(inc.suggested_departments) ? inc.suggested_departments : []).filter(Boolean);
-    const quick = h("div", { class: "action-row" });
-    suggested.forEach((dep, i) => {
-      const working = busy === `dispatch:${dep}`;
-      quick.append(h("button", {
-        id: i === 0 ? "dispatch-btn" : null,
-        type: "button",
-        class: `btn ${i === 0 ? "btn-primary btn-large" : "btn-secondary"} dispatch-suggested`,
-        dataset: { department: dep },
-        disabled: !!busy,
-        text: working ? t("action.working") : t("action.dispatch_to", { dept: deptName(dep) }),
-        onclick: () => runAction("dispatch", dep),
-      }));
-    });
-    if (suggested.length) box.append(quick);
-
-    // Every known department; those handling this type first and marked.
-    let deps = S.departments.map((d) => d.id);
-    for (const s of suggested) if (!deps.includes(s)) deps.push(s);
-    const handles = (id) => !!S.deptById.get(id)?.handles?.includes(inc.type);
-    deps = [...deps.filter(handles), ...deps.filter((d) => !handles(d))];
-    if (deps.length) {
-      const prev = $("#dispatch-select")?.value;
-      const sel = h("select", { id: "dispatch-select", name: "department", disabled: !!busy },
-        deps.map((d) => h("option", { value: d, text: deptName(d) + (handles(d) ? t("dept.handles") : "") })));
-      const preferred = deps.find((d) => !suggested.includes(d) && handles(d))
-        || deps.find((d) => !suggested.includes(d)) || deps[0];
-      sel.value = prev && deps.includes(prev) ? prev : preferred;
-      const working = busy && busy.startsWith("dispatch-other:");
-      box.append(h("div", { class: "action-row action-other" },
-        h("label", { class: "inline-label", for: "dispatch-select", text: t("action.dispatch_other.label") }),
-        sel,
-        h("button", {
-          id: "dispatch-other-btn", type: "button", class: "btn btn-secondary",
-          disabled: !!busy,
-          text: working ? t("action.working") : t("action.dispatch_other"),
-          onclick: () => runAction("dispatch", $("#dispatch-select").value, "dispatch-other"),
-        }),
-      ));
-    }
-  }
-
+  if (may("dispatch", inc)) renderDispatch(box, inc, busy);
   if (canJudge(inc)) renderJudge(box, busy);
 
-  if (accept) {
-    box.append(h("div", { class: "action-row" }, h("button", {
-      id: "accept-btn", type: "button", class: "btn btn-primary btn-large",
-      disabled: !!busy,
-      text: busy === "accept" ? t("action.working") : t("action.accept"),
-      onclick: () => runAction("accept"),
-    })));
+  // The assigned department or patrol unit works the case.
+  const work = h("div", { class: "action-row action-work" });
+  if (may("accept", inc)) work.append(btn("accept-btn", "accept", t("action.accept"), { cls: "btn-primary btn-large" }));
+  if (may("en_route", inc)) work.append(btn("en-route-btn", "en_route", t("action.en_route")));
+  if (may("on_scene", inc)) work.append(btn("on-scene-btn", "on_scene", t("action.on_scene")));
+  if (may("feedback", inc)) work.append(btn("feedback-btn", "feedback", t("action.feedback")));
+  if (may("resolve", inc)) work.append(btn("resolve-btn", "resolve", t("action.resolve"), { cls: "btn-primary" }));
+  if (work.children.length) box.append(work);
+
+  // Follow-up by the command center.
+  const more = h("div", { class: "action-row action-more" });
+  if (may("close", inc)) more.append(btn("close-btn", "close", t("action.close"), { cls: "btn-primary" }));
+  if (may("reopen", inc)) more.append(btn("reopen-btn", "reopen", t("action.reopen")));
+  if (may("escalate", inc)) more.append(btn("escalate-btn", "escalate", t("action.escalate")));
+  if (may("challenge", inc)) more.append(btn("challenge-btn", "challenge", t("action.challenge")));
+  if (more.children.length) box.append(more);
+
+  if (may("severity", inc)) {
+    const sel = h("select", {
+      id: "severity-select", name: "severity", disabled: !!busy,
+      onchange: (e) => { S.severityPick = e.target.value; },
+    }, SEVERITIES.map((s) => h("option", { value: s, text: label("severity", s) })));
+    sel.value = SEVERITIES.includes(S.severityPick) ? S.severityPick : inc.severity || "blue";
+    box.append(h("div", { class: "action-row action-severity" },
+      h("label", { class: "inline-label", for: "severity-select", text: t("action.severity.label") }),
+      sel,
+      btn("severity-btn", "severity", t("action.severity")),
+    ));
+  }
+  if (may("comment", inc)) {
+    box.append(h("div", { class: "action-row" }, btn("comment-btn", "comment", t("action.comment"), { cls: "btn-ghost" })));
   }
 
   const any = box.children.length > 0;
   if (!any) box.append(h("p", { class: "muted", text: t("detail.no_actions") }));
   show($(".note-field"), any);
+  show($(".photo-field"), may("feedback", inc) || may("resolve", inc));
   const note = $("#action-note");
-  if (note) note.disabled = !!busy;
+  if (note) {
+    note.disabled = !!busy;
+    const hintKey = may("resolve", inc) || may("feedback", inc) ? "detail.note.placeholder.work"
+      : JUDGES.has(S.user?.role) ? "detail.note.placeholder.judge" : "detail.note.placeholder";
+    note.dataset.i18nPlaceholder = hintKey;
+    note.placeholder = t(hintKey);
+  }
   renderError($("#action-error"), S.action.error);
   const info = $("#action-info");
   info.textContent = S.action.info || "";
   show(info, !!S.action.info);
 }
 
-async function runAction(kind, department = null, variant = null) {
+async function uploadPhotos(id, files) {
+  const ids = [];
+  for (const f of files) {
+    const fd = new FormData();
+    fd.append("photo", f, f.name || "photo.jpg");
+    const res = await api(`/api/incidents/${encodeURIComponent(id)}/photos`, { method: "POST", multipart: fd });
+    ids.push(res.id);
+  }
+  return ids;
+}
+
+async function runAction(kind) {
   const id = S.selectedId;
   if (!id || S.action.busy) return;
-  if (kind === "dispatch" && !department) return;
   const note = ($("#action-note")?.value || "").trim();
+  const action = kind === "dispatch-other" ? "dispatch" : kind;
+  if (NEEDS_TEXT.has(action) && !note) {
+    S.action = { busy: null, error: { key: `error.need_text.${action}` }, info: null };
+    rerenderActions();
+    $("#action-note")?.focus();
+    return;
+  }
   const lab = DISMISS_LABELS.includes(S.dismissLabel) ? S.dismissLabel : "not_person";
-  S.action = {
-    busy: kind === "dispatch" ? `${variant || "dispatch"}:${department}` : kind,
-    error: null, info: null,
-  };
+  const photoInput = $("#action-photo");
+  S.action = { busy: kind, error: null, info: null };
   rerenderActions();
   try {
-    let updated;
-    if (kind === "dispatch") {
-      const body = { department };
+    let body = note ? { note } : {};
+    if (kind === "dispatch-other") {
+      const p = S.pick;
+      body = { departments: [...p.deps], units: [...p.units] };
+      if (p.lead && p.deps.has(p.lead)) body.lead = p.lead;
       if (note) body.note = note;
-      updated = await api(`/api/incidents/${encodeURIComponent(id)}/dispatch`, { method: "POST", json: body });
     } else if (kind === "dismiss") {
-      updated = await api(`/api/incidents/${encodeURIComponent(id)}/dismiss`, {
-        method: "POST", json: { reason: note || t(`dismiss.${lab}`), label: lab },
-      });
-    } else {
-      updated = await api(`/api/incidents/${encodeURIComponent(id)}/${kind}`, { method: "POST", json: note ? { note } : {} });
+      body = { reason: note || t(`dismiss.${lab}`), label: lab };
+    } else if (kind === "reopen" || kind === "escalate" || kind === "challenge") {
+      body = { reason: note };
+    } else if (kind === "severity") {
+      const cur = currentIncident();
+      body = { severity: $("#severity-select")?.value || S.severityPick || cur?.severity, reason: note };
+    } else if (kind === "comment") {
+      body = { text: note };
+    } else if (kind === "feedback" || kind === "resolve") {
+      const files = photoInput && photoInput.files ? [...photoInput.files] : [];
+      const photos = files.length ? await uploadPhotos(id, files) : [];
+      body = kind === "feedback" ? { text: note, photos } : { result: note, photos };
     }
+    const updated = await api(`/api/incidents/${encodeURIComponent(id)}/${action}`, { method: "POST", json: body });
     if (id !== S.selectedId) return;
+    const who = action === "dispatch" && updated
+      ? whoText(updated.departments, updated.lead_department, updated.units) : "";
     S.action = {
       busy: null, error: null,
-      info: kind === "dispatch" ? t("action.done.dispatch", { dept: deptName(department) }) : t(`action.done.${kind}`),
+      info: action === "dispatch" ? t("action.done.dispatch", { dept: who }) : t(`action.done.${action}`),
     };
     const n = $("#action-note");
     if (n) n.value = "";
+    if (photoInput) photoInput.value = "";
+    if (kind === "severity") S.severityPick = null;
+    if (kind === "dispatch-other") S.pick = null;
     if (updated && updated.id) {
       if (S.detail && S.detail.id === id) S.detail = { ...updated, timeline: S.detail.timeline };
       upsertIncident(updated);
@@ -1074,8 +1365,14 @@ function timelineDetail(detail) {
   for (const [k, v] of Object.entries(detail)) {
     if (v === null || v === undefined || v === "") continue;
     let text;
-    if (k === "department" || k === "lead_department") text = deptName(v);
+    if (k === "department" || k === "lead_department" || k === "lead") text = deptName(v);
     else if (k === "departments" && Array.isArray(v)) text = deptList(v);
+    else if (k === "units" && Array.isArray(v)) text = v.map(unitName).join(", ");
+    else if (k === "photos" && Array.isArray(v)) text = String(v.length);
+    else if (k === "unit") text = unitName(v);
+    else if (k === "by" && typeof v === "string" && v.startsWith("unit:")) text = unitName(v.slice(5));
+    else if (k === "by" && typeof v === "string" && S.deptById.has(v)) text = deptName(v);
+    else if (k === "from" || k === "sha256" || k === "photo") continue; // origin address, hashes
     else if (k === "severity") text = label("severity", v);
     else if (k === "confidence" && typeof v === "number") text = fmtConfidence(v);
     else if (k === "type") text = label("type", v);
@@ -1172,8 +1469,33 @@ function renderConn() {
     : never && !S.connRetryAt ? t("conn.title.connecting") : t("conn.title.reconnecting", { s: secs });
 }
 
+/** Orange and red call for attention: new, escalated, or a deadline breached. */
+function alertFor(msg, old) {
+  const inc = msg.data;
+  if (!inc || !["orange", "red"].includes(inc.severity)) return;
+  let why = null;
+  if (msg.type === "incident.created") why = "new";
+  else if (msg.notice === "escalated" || msg.notice === "deadline.breached") why = msg.notice;
+  else if (msg.notice === undefined && old) {
+    // The hub may not forward `notice`: infer it from what changed.
+    const esc = (a) => (Array.isArray(a.escalations) ? a.escalations.length : 0);
+    const breaches = (a) => (Array.isArray(a.warned) ? a.warned.filter((w) => w.includes("breach")).length : 0);
+    if (esc(inc) > esc(old)) why = "escalated";
+    else if (breaches(inc) > breaches(old)) why = "deadline.breached";
+  }
+  if (!why) return;
+  const played = sound.alert(inc.severity);
+  const b = document.body;
+  b.dataset.alerts = String(Number(b.dataset.alerts || 0) + 1);
+  b.dataset.lastAlert = `${inc.id}:${why}:${played ? "played" : "silent"}`;
+}
+
 function onWSMessage(msg) {
   if (!msg || typeof msg !== "object") return;
+  if (msg.type === "incident.created" || msg.type === "incident.updated") {
+    alertFor(msg, msg.data && msg.data.id ? S.incidents.get(msg.data.id) : null);
+    onIncidentEvent();
+  }
   switch (msg.type) {
     case "incident.created":
       upsertIncident(msg.data, { isNew: true });
@@ -1200,6 +1522,7 @@ function tick() {
   const clock = $("#clock");
   clock.textContent = fmtDateTime(now.toISOString());
   clock.dateTime = now.toISOString();
+  for (const el of document.querySelectorAll(".countdown[data-due]")) updateCountdown(el);
   if (now.getSeconds() % 15 === 0) {
     for (const el of document.querySelectorAll(".row-age[data-at]")) el.textContent = fmtAge(el.dataset.at);
   }
@@ -1213,6 +1536,7 @@ function rerenderAll() {
     if (!submit.disabled) submit.textContent = t("login.submit");
     setLoginError(S.loginError);
   }
+  renderMute();
   if (S.user) {
     renderUser();
     buildFilters();
@@ -1225,8 +1549,32 @@ function rerenderAll() {
 // ---------------------------------------------------------------------------
 // Wiring
 // ---------------------------------------------------------------------------
+function renderMute() {
+  const b = $("#mute-toggle");
+  const muted = sound.isMuted();
+  b.textContent = muted ? t("sound.off") : t("sound.on");
+  b.setAttribute("aria-pressed", muted ? "true" : "false");
+  b.dataset.muted = muted ? "true" : "false";
+}
+
 function init() {
   applyI18n(document);
+  renderMute();
+  $("#mute-toggle").addEventListener("click", () => {
+    sound.setMuted(!sound.isMuted());
+    sound.unlock();
+    renderMute();
+  });
+  // Audio may start only after a user gesture: prepare it on the first one.
+  for (const ev of ["pointerdown", "keydown"]) document.addEventListener(ev, sound.unlock, { passive: true });
+  initViews({
+    api, h, $, t, label, errorMessage, renderError, deptName, fmtDateTime, fmtAge, isAbort,
+    state: S,
+    types: () => S.types || [],
+    role: () => (S.user ? S.user.role : null),
+    onReported: (inc) => { upsertIncident(inc); },
+    openIncident: (id) => { showView("incidents"); selectIncident(id); },
+  });
   $("#login-form").addEventListener("submit", onLoginSubmit);
   $("#logout-btn").addEventListener("click", logout);
   $("#lang-toggle").addEventListener("click", toggleLang);

@@ -46,6 +46,30 @@ const DICT = {
     "channel.websocket": "WebSocket（备用）",
     "channel.none": "未发送",
     "unit": "车辆 {unit}",
+    "dispatches.title": "派遣任务",
+    "dispatches.empty": "暂无派遣给本车的任务",
+    "dispatches.count": "共 {n} 条",
+    "act.accept": "签收",
+    "act.en_route": "已出发",
+    "act.on_scene": "已到场",
+    "act.feedback": "反馈",
+    "act.resolve": "处置完毕",
+    "act.working": "处理中…",
+    "act.done": "已提交",
+    "act.need_text": "请填写反馈内容或处置结果",
+    "form.text": "反馈 / 处置结果",
+    "form.photo": "现场照片",
+    "lead": "牵头",
+    "due.ack": "签收时限",
+    "due.resolve": "处置时限",
+    "due.left": "剩余 {t}",
+    "due.over": "已超时 {t}",
+    "state.new": "新建", "state.confirmed": "已确认", "state.dispatched": "已派遣",
+    "state.accepted": "已受理", "state.on_scene": "已到场", "state.resolved": "已处置",
+    "state.closed": "已办结", "state.dismissed": "已排除", "state.escalated": "已上报",
+    "state.reopened": "已重开",
+    "sev.blue": "蓝色", "sev.yellow": "黄色", "sev.orange": "橙色", "sev.red": "红色",
+    "error.http": "操作失败（{status}）：{msg}",
   },
   en: {
     "app.subtitle": "Patrol video uplink",
@@ -83,6 +107,30 @@ const DICT = {
     "channel.websocket": "WebSocket (fallback)",
     "channel.none": "not sent",
     "unit": "Unit {unit}",
+    "dispatches.title": "Dispatches",
+    "dispatches.empty": "Nothing dispatched to this unit",
+    "dispatches.count": "{n} total",
+    "act.accept": "Accept",
+    "act.en_route": "On the way",
+    "act.on_scene": "On scene",
+    "act.feedback": "Send feedback",
+    "act.resolve": "Resolved",
+    "act.working": "Working…",
+    "act.done": "Sent",
+    "act.need_text": "Write the feedback or the result first",
+    "form.text": "Feedback / result",
+    "form.photo": "Photo",
+    "lead": "lead",
+    "due.ack": "Accept by",
+    "due.resolve": "Resolve by",
+    "due.left": "{t} left",
+    "due.over": "overdue by {t}",
+    "state.new": "New", "state.confirmed": "Confirmed", "state.dispatched": "Dispatched",
+    "state.accepted": "Accepted", "state.on_scene": "On scene", "state.resolved": "Resolved",
+    "state.closed": "Closed", "state.dismissed": "Dismissed", "state.escalated": "Escalated",
+    "state.reopened": "Reopened",
+    "sev.blue": "Blue", "sev.yellow": "Yellow", "sev.orange": "Orange", "sev.red": "Red",
+    "error.http": "Failed ({status}): {msg}",
   },
 };
 
@@ -117,6 +165,9 @@ const S = {
   ws: null,
   wsRetry: 0,
   wsTimer: 0,
+  dispatches: new Map(), // incident id -> incident assigned to this unit
+  types: new Map(), // type id -> {name, name_en}
+  busy: new Map(), // incident id -> action in flight
 };
 
 function readStore(store, key) {
@@ -144,6 +195,7 @@ function applyLang() {
   document.documentElement.lang = S.lang;
   for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
   document.title = `GridHub · ${t("app.subtitle")}`;
+  renderDispatches();
   renderState();
   renderFacts();
   if (S.unit) $("#current-unit").textContent = t("unit", { unit: S.unit });
@@ -184,7 +236,12 @@ async function api(path, opts = {}) {
 async function detail(resp) {
   try {
     const body = await resp.json();
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    if (typeof body.detail === "string") return body.detail;
+    if (body.detail && body.detail.message) {  // 409: {message, allowed}
+      const allowed = (body.detail.allowed || []).join(", ");
+      return allowed ? `${body.detail.message} (→ ${allowed})` : body.detail.message;
+    }
+    return JSON.stringify(body.detail);
   } catch {
     return resp.statusText || String(resp.status);
   }
@@ -238,6 +295,8 @@ async function enter() {
   $("#current-unit").textContent = t("unit", { unit });
   startGps();
   connectWs();
+  loadTypes();
+  loadDispatches();
   await listCameras();
 }
 
@@ -248,6 +307,8 @@ function showLogin(message = "") {
   S.token = null;
   S.user = null;
   S.unit = null;
+  S.dispatches.clear();
+  renderDispatches();
   writeStore(sessionStorage, TOKEN_KEY, null);
   $("#patrol-view").hidden = true;
   $("#logout-btn").hidden = true;
@@ -551,10 +612,21 @@ function connectWs() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}`);
   S.ws = ws;
-  ws.onopen = () => { S.wsRetry = 0; };
+  ws.onopen = () => {
+    S.wsRetry = 0;
+    $("#dispatches-conn").dataset.state = "live";
+    loadDispatches(); // what was missed while disconnected
+  };
+  ws.onmessage = (ev) => {
+    if (S.ws !== ws) return;
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    if (msg && (msg.type === "incident.created" || msg.type === "incident.updated")) upsertDispatch(msg.data);
+  };
   ws.onclose = () => {
     if (S.ws !== ws) return;
     S.ws = null;
+    $("#dispatches-conn").dataset.state = "reconnecting";
     const delay = RETRY_MS[Math.min(S.wsRetry++, RETRY_MS.length - 1)];
     S.wsTimer = setTimeout(connectWs, delay);
   };
@@ -565,6 +637,214 @@ function closeWs() {
   const ws = S.ws;
   S.ws = null;
   if (ws) ws.close();
+}
+
+// ---------------------------------------------------------------------------
+// Dispatches: the cases assigned to this unit, live over the WebSocket
+// ---------------------------------------------------------------------------
+// Mirrors hub/states.py for the unit's own actions (the server is the authority).
+const ACTIONS = [
+  ["accept", ["dispatched"]],
+  ["en_route", ["accepted"]],
+  ["on_scene", ["dispatched", "accepted"]],
+  ["feedback", ["dispatched", "accepted", "on_scene"]],
+  ["resolve", ["accepted", "on_scene"]],
+];
+const DONE = new Set(["resolved", "closed", "dismissed"]);
+
+async function loadTypes() {
+  try {
+    const resp = await api("/api/types");
+    if (!resp.ok) return;
+    for (const ty of await resp.json()) S.types.set(ty.id, ty);
+    renderDispatches(true);
+  } catch { /* names fall back to ids */ }
+}
+
+async function loadDispatches() {
+  if (!S.token) return;
+  try {
+    const resp = await api("/api/incidents?limit=200");
+    if (resp.status === 401) return showLogin(t("login.failed"));
+    if (!resp.ok) throw new Error(await detail(resp));
+    const items = (await resp.json()).items || [];
+    const seen = new Set();
+    for (const inc of items) {
+      if (!mine(inc)) continue;
+      seen.add(inc.id);
+      const old = S.dispatches.get(inc.id);
+      if (!old || Date.parse(inc.updated_at) >= Date.parse(old.updated_at)) S.dispatches.set(inc.id, inc);
+    }
+    for (const id of [...S.dispatches.keys()]) if (!seen.has(id)) S.dispatches.delete(id);
+    $("#dispatches-error").hidden = true;
+  } catch (e) {
+    $("#dispatches-error").textContent = e.message || String(e);
+    $("#dispatches-error").hidden = false;
+  }
+  renderDispatches();
+}
+
+/** Assigned to this unit and not closed (a resolved case stays until the center closes it). */
+function mine(inc) {
+  return !!inc && Array.isArray(inc.units) && inc.units.includes(S.unit)
+    && (!DONE.has(inc.state) || inc.state === "resolved");
+}
+
+function upsertDispatch(inc) {
+  if (!inc || !inc.id) return;
+  const old = S.dispatches.get(inc.id);
+  if (old && Date.parse(old.updated_at) > Date.parse(inc.updated_at)) return;
+  if (mine(inc)) S.dispatches.set(inc.id, inc);
+  else S.dispatches.delete(inc.id);
+  renderDispatches();
+}
+
+function typeName(id) {
+  const ty = S.types.get(id);
+  if (!ty) return id;
+  return S.lang === "en" ? ty.name_en || ty.name || id : ty.name || id;
+}
+
+function el(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") e.textContent = v;
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of kids.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
+  return e;
+}
+
+function dueText(iso) {
+  const left = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  const a = Math.abs(left);
+  const p2 = (n) => String(n).padStart(2, "0");
+  const hms = `${a >= 3600 ? `${Math.floor(a / 3600)}:` : ""}${p2(Math.floor((a % 3600) / 60))}:${p2(a % 60)}`;
+  return { text: t(left >= 0 ? "due.left" : "due.over", { t: hms }), over: left < 0 };
+}
+
+/** One row per case; the form (text, photo) persists across live updates. */
+function renderDispatches() {
+  const ul = $("#dispatch-list");
+  const items = [...S.dispatches.values()].sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at));
+  const keep = new Set(items.map((i) => i.id));
+  for (const li of [...ul.children]) if (!keep.has(li.dataset.id)) li.remove();
+  items.forEach((inc, i) => {
+    let li = ul.querySelector(`li.dispatch[data-id="${CSS.escape(inc.id)}"]`);
+    if (!li) {
+      li = el("li", { class: "dispatch", dataset: { id: inc.id } },
+        el("div", { class: "d-head" }),
+        el("div", { class: "d-actions" }),
+        el("div", { class: "d-form" },
+          el("label", { class: "field" }, el("span", { class: "d-text-label" }),
+            el("textarea", { class: "d-text", rows: "2", maxlength: "4000" })),
+          el("label", { class: "field" }, el("span", { class: "d-photo-label" }),
+            el("input", { class: "d-photo", type: "file", accept: "image/*", capture: "environment" })),
+        ),
+        el("p", { class: "error d-error", role: "alert", hidden: true }),
+        el("p", { class: "info d-info", role: "status", hidden: true }),
+      );
+    }
+    if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+    li.dataset.state = inc.state;
+    li.dataset.severity = inc.severity || "blue";
+    renderDispatch(li, inc);
+  });
+  $("#dispatches-empty").hidden = items.length > 0;
+  $("#dispatches-count").textContent = t("dispatches.count", { n: items.length });
+}
+
+function renderDispatch(li, inc) {
+  const busy = S.busy.get(inc.id);
+  const pos = Array.isArray(inc.position) ? `${Number(inc.position[0]).toFixed(5)}, ${Number(inc.position[1]).toFixed(5)}` : null;
+  const deps = (inc.departments || []).map((d) => (d === inc.lead_department ? `${d} (${t("lead")})` : d)).join(", ");
+  const dues = [["due.ack", inc.ack_due], ["due.resolve", inc.resolve_due]].filter(([, v]) => v).map(([k, v]) => {
+    const d = dueText(v);
+    return el("span", { class: `d-due${d.over ? " overdue" : ""}`, dataset: { due: v } }, `${t(k)}: ${d.text}`);
+  });
+  li.querySelector(".d-head").replaceChildren(
+    el("div", { class: "d-title" },
+      el("span", { class: `sev-chip sev-${inc.severity || "blue"}`, text: t(`sev.${inc.severity || "blue"}`) }),
+      el("span", { class: "d-type", text: typeName(inc.type) }),
+      el("span", { class: `badge state-${inc.state}`, dataset: { state: inc.state }, text: t(`state.${inc.state}`) }),
+      el("span", { class: "muted", text: inc.id })),
+    el("div", { class: "d-meta" }, [inc.grid_name || inc.grid_id, inc.camera_name, pos].filter(Boolean).join(" · ")),
+    inc.description ? el("div", { class: "d-desc", text: inc.description }) : null,
+    deps ? el("div", { class: "d-meta", text: `→ ${deps}` }) : null,
+    inc.last_note ? el("div", { class: "d-meta", text: `“${inc.last_note}”` }) : null,
+    dues.length ? el("div", { class: "d-meta" }, dues.map((d, i) => [i ? " · " : "", d])) : null,
+  );
+  li.querySelector(".d-actions").replaceChildren(...ACTIONS.filter(([, from]) => from.includes(inc.state)).map(([a]) =>
+    el("button", {
+      type: "button", class: `btn ${a === "accept" || a === "resolve" ? "btn-primary" : ""}`,
+      dataset: { action: a }, disabled: !!busy,
+      text: busy === a ? t("act.working") : t(`act.${a}`),
+      onclick: () => act(inc.id, a),
+    })));
+  li.querySelector(".d-text-label").textContent = t("form.text");
+  li.querySelector(".d-photo-label").textContent = t("form.photo");
+  li.querySelector(".d-form").hidden = !["dispatched", "accepted", "on_scene"].includes(inc.state);
+}
+
+async function act(id, action) {
+  const li = document.querySelector(`#dispatch-list li.dispatch[data-id="${CSS.escape(id)}"]`);
+  if (!li || S.busy.get(id)) return;
+  const err = li.querySelector(".d-error");
+  const info = li.querySelector(".d-info");
+  const text = li.querySelector(".d-text").value.trim();
+  const fileInput = li.querySelector(".d-photo");
+  err.hidden = true;
+  info.hidden = true;
+  if ((action === "feedback" || action === "resolve") && !text) {
+    err.textContent = t("act.need_text");
+    err.hidden = false;
+    return;
+  }
+  S.busy.set(id, action);
+  renderDispatches();
+  try {
+    const path = `/api/incidents/${encodeURIComponent(id)}`;
+    let body = text ? { note: text } : {};
+    if (action === "feedback" || action === "resolve") {
+      const photos = [];
+      for (const f of fileInput.files || []) {
+        const fd = new FormData();
+        fd.append("photo", f, f.name || "photo.jpg");
+        const r = await api(`${path}/photos`, { method: "POST", body: fd });
+        if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await detail(r) }));
+        photos.push((await r.json()).id);
+      }
+      body = action === "feedback" ? { text, photos } : { result: text, photos };
+    }
+    const r = await api(`${path}/${action}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    if (r.status === 401) return showLogin(t("login.failed"));
+    if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await detail(r) }));
+    li.querySelector(".d-text").value = "";
+    fileInput.value = "";
+    info.textContent = t("act.done");
+    info.hidden = false;
+    S.busy.delete(id);
+    upsertDispatch(await r.json());
+  } catch (e) {
+    err.textContent = e.message || String(e);
+    err.hidden = false;
+  } finally {
+    S.busy.delete(id);
+    renderDispatches();
+  }
+}
+
+function tickDues() {
+  for (const span of document.querySelectorAll("#dispatch-list .d-due[data-due]")) {
+    const d = dueText(span.dataset.due);
+    span.classList.toggle("overdue", d.over);
+    span.textContent = `${span.textContent.split(":")[0]}: ${d.text}`;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -581,6 +861,7 @@ function init() {
     applyLang();
   });
   window.addEventListener("pagehide", () => { if (S.location) deleteSession(S.location); });
+  setInterval(tickDues, 1000);
   applyLang();
   if (S.token) enter().catch(() => showLogin());
   else showLogin();
@@ -593,6 +874,7 @@ window.gridhubPatrol = {
   get pc() { return S.pc; },
   get telemetrySent() { return S.telemetrySent; },
   get channel() { return S.channel; },
+  get dispatches() { return [...S.dispatches.keys()]; },
 };
 
 init();

@@ -27,6 +27,7 @@ NEW_COLUMNS = (
     sa.Column("accepted_at", sa.Text),
     sa.Column("resolved_at", sa.Text),
     sa.Column("closed_at", sa.Text),
+    sa.Column("alarm_at", sa.Text),
 )
 
 
@@ -36,6 +37,7 @@ def upgrade() -> None:
             batch.add_column(col)
     op.execute("UPDATE incidents SET queue_grid = grid_id")
     op.create_index("incidents_state", "incidents", ["state"])
+    op.create_index("incidents_alarm", "incidents", ["alarm_at"])
     op.create_index("incidents_type_created", "incidents", ["type", "created_at"])
     op.create_index("timeline_at_action", "timeline", ["at", "action"])
     op.create_table(
@@ -96,6 +98,7 @@ def downgrade() -> None:
     op.drop_index("timeline_at_action", "timeline")
     op.drop_index("incidents_type_created", "incidents")
     op.drop_index("incidents_state", "incidents")
+    op.drop_index("incidents_alarm", "incidents")
     with op.batch_alter_table("incidents") as batch:
         for col in NEW_COLUMNS:
             batch.drop_column(col.name)
