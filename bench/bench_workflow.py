@@ -128,7 +128,8 @@ def one(bus: str, args: argparse.Namespace, work: Path) -> None:
           f"  (n={len(lat)} of {len(res.dispatch_sent)} dispatches; mean "
           f"{statistics.fmean(lat) if lat else float('nan'):.1f} ms)")
     ws = health["components"]["websocket"]
-    print(f"console messages received: {res.console_messages}; consoles dropped as slow: "
+    print(f"console events received: {res.console_messages} in {res.frames} frames; "
+          f"consoles dropped as slow: "
           f"{ws['dropped_slow_clients']}; hub CPU {cpu * 100:.0f} % of one core")
 
 

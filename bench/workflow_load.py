@@ -30,6 +30,7 @@ class LoadResult:
     dispatch_sent: dict[str, float] = field(default_factory=dict)
     dispatch_seen: dict[str, float] = field(default_factory=dict)
     console_messages: int = 0
+    frames: int = 0
     consoles: int = 0
 
 
@@ -43,7 +44,7 @@ async def console(ws_url: str, tok: str, res: LoadResult, department: bool,
                   ready: asyncio.Event, stop: asyncio.Event) -> None:
     import websockets
 
-    async with websockets.connect(f"{ws_url}?token={tok}", max_size=None,
+    async with websockets.connect(f"{ws_url}?token={tok}&batch=1", max_size=None,
                                   open_timeout=30) as ws:
         json.loads(await ws.recv())  # hello
         res.consoles += 1
@@ -54,12 +55,18 @@ async def console(ws_url: str, tok: str, res: LoadResult, department: bool,
                     text = await ws.recv()
             except TimeoutError:
                 continue
-            res.console_messages += 1
-            if department:
-                ev = json.loads(text)
+            res.frames += 1
+            if not department:  # an operator console: count what arrived
+                res.console_messages += text.count('"type": "incident.') or 1
+                continue
+            msg = json.loads(text)
+            evs = msg["data"] if msg.get("type") == "batch" else [msg]
+            res.console_messages += len(evs)
+            now = time.monotonic()
+            for ev in evs:
                 data = ev.get("data") or {}
                 if ev.get("type") == "incident.updated" and data.get("state") == "dispatched":
-                    res.dispatch_seen.setdefault(data["id"], time.monotonic())
+                    res.dispatch_seen.setdefault(data["id"], now)
 
 
 async def worker(c: httpx.AsyncClient, op: dict[str, str], dep: dict[str, str],

@@ -573,8 +573,10 @@ async def example_image(state: St, user: Me, incident_id: str) -> Response:
 
 
 @router.websocket("/ws")
-async def ws(websocket: WebSocket, token: str | None = None) -> None:
-    """Live events: ``{"type": "incident.created" | "incident.updated" | ..., "data": ...}``."""
+async def ws(websocket: WebSocket, token: str | None = None, batch: bool = False) -> None:
+    """Live events: ``{"type": "incident.created" | "incident.updated" | ..., "data": ...,
+    "action"?, "notice"?}``; with ``?batch=1``, events that queue up while a send is in
+    flight arrive together as ``{"type": "batch", "data": [<event>, ...]}``."""
     state: HubState = websocket.app.state.hub
     try:
         user = state.accounts.verify(token or "")
@@ -582,5 +584,5 @@ async def ws(websocket: WebSocket, token: str | None = None) -> None:
         await websocket.close(code=4401, reason="not authenticated")
         return
     await websocket.accept()
-    await state.clients.serve(websocket, user)
+    await state.clients.serve(websocket, user, batch=batch)
 

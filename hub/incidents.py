@@ -32,6 +32,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import socket
@@ -160,6 +161,14 @@ class IncidentService:
         # their writes together. Across hubs, versions guard the same thing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+
+    def _area_keys(self, type_: str, position: tuple[float, float]) -> list[str]:
+        """Lock keys for a report: the merge-radius squares around the position (sorted,
+        so two reports take shared squares in the same order)."""
+        step = max(self.site.rules.workflow.merge_radius_m, 1.0) / 111_000
+        i, j = int(position[0] // step), int(position[1] // (step * 2))
+        return sorted(f"report:{type_}:{a}:{b}" for a in (i - 1, i, i + 1)
+                      for b in (j - 1, j, j + 1))
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -444,8 +453,9 @@ class IncidentService:
                                "every grid of this site")
         if user.grid and not in_subtree(self.site, grid.id, user.grid) and user.role != "admin":
             raise Forbidden(f"the position is outside your grid ({user.grid})")
-        # Reports of a type in one ~1 km square merge one at a time.
-        async with self._lock(f"report:{type_}:{round(position[0], 2)}:{round(position[1], 2)}"):
+        async with contextlib.AsyncExitStack() as held:
+            for key in self._area_keys(type_, position):  # reports that could merge: in turn
+                await held.enter_async_context(self._lock(key))
             now = self.now()
             iid = new_incident_id(now)
             inc = Incident(

@@ -94,28 +94,41 @@ class Clients:
                 # the flag when that send returns and disconnects the client.
                 c.overflowed = True
 
-    async def serve(self, ws: WebSocket, user: User) -> None:
-        """Run one client until it disconnects or falls too far behind."""
+    async def serve(self, ws: WebSocket, user: User, batch: bool = False) -> None:
+        """Run one client until it disconnects or falls too far behind. With ``batch``,
+        events that queued up while the previous send was in flight go out together as
+        ``{"type": "batch", "data": [<event>, ...]}`` (one frame instead of many)."""
         client = Client(next(self._ids), ws, user)
         self._clients.add(client)
         log.info("ws client %d (%s) connected", client.id, user.username)
         await ws.send_text(
-            json.dumps({"type": "hello", "data": {"user": user.model_dump()}}, ensure_ascii=False)
+            json.dumps({"type": "hello", "data": {"user": user.model_dump(), "batch": batch}},
+                       ensure_ascii=False)
         )
         reader = asyncio.create_task(self._read(client))
         stalled = False
         try:
             while not reader.done():
-                getter = asyncio.create_task(client.queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
+                if client.queue.empty():
+                    getter = asyncio.create_task(client.queue.get())
+                    done, _ = await asyncio.wait({getter, reader},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        break
+                    text = getter.result()
+                else:
+                    text = client.queue.get_nowait()
                 if client.overflowed:
                     break
+                if batch and not client.queue.empty():
+                    items = [text]
+                    while not client.queue.empty() and len(items) < MAX_QUEUE:
+                        items.append(client.queue.get_nowait())
+                    text = '{"type":"batch","data":[' + ",".join(items) + "]}"
                 try:
                     async with asyncio.timeout(self.send_timeout_s):
-                        await ws.send_text(getter.result())
+                        await ws.send_text(text)
                 except TimeoutError:
                     stalled = True
                     break

@@ -182,8 +182,9 @@ def free_port() -> int:
 class HubProcess:
     """``gridhub run`` as a child process (the real thing, as a user starts it)."""
 
-    def __init__(self, config: Path, data: Path, log: Path) -> None:
+    def __init__(self, config: Path, data: Path, log: Path, extra: tuple[str, ...] = ()) -> None:
         self.config, self.data, self.log_path = config, data, log
+        self.extra = extra
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: object = None
@@ -196,7 +197,7 @@ class HubProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub", "run", "--config", str(self.config), "--data",
-             str(self.data), "--port", str(self.port)],
+             str(self.data), "--port", str(self.port), *self.extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         self.wait_ready()

@@ -762,6 +762,7 @@ function renderDetail() {
   const grid = $(".detail-grid", body);
   show(grid, !!inc);
   if (!inc) return;
+  show($(".snapshot-card"), !!inc.snapshot_url || inc.source !== "manual");
   renderSnapshot(inc);
   renderFields(inc);
   renderActions(inc);

@@ -232,7 +232,7 @@ function dailyChart(series) {
   const step = (W - L - R) / n;
   const y = (v) => T + (H - T - B) * (1 - v / max);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img", "data-chart": "daily" });
-  for (const v of [0, Math.ceil(max / 2), max]) {
+  for (const v of new Set([0, Math.round(max / 2), max])) {
     root.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid-line" }),
       svg("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, String(v)));
   }
