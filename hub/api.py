@@ -422,6 +422,9 @@ async def report(state: St, user: Me, body: ReportBody, request: Request) -> Rep
             channel=body.channel, origin=_origin(request))
     except ActionError as err:
         raise _action_error(err) from err
+    except Conflict as err:  # the case it joins changed on another hub meanwhile
+        raise HTTPException(409, {"message": f"{err}; send the report again",
+                                  "allowed": []}) from err
     return ReportOut(merged=merged, incident=inc)
 
 

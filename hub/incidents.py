@@ -470,23 +470,11 @@ class IncidentService:
                       "description": description, "position": list(position),
                       "people": people or None, "from": origin}
             if target is not None:
-                upd = target.model_copy(update={
-                    "updated_at": now, "version": target.version + 1,
-                    "reports": target.reports + 1, "last_seen_at": now,
-                    "people": max(target.people, people),
-                    "description": target.description or description,
-                })
-                if upd.severity_reason is None:
-                    upd = upd.model_copy(update={"severity": higher(
-                        upd.severity, severity_for(self.site, upd.type, self._facts(upd)))})
-                await self.store.update(
-                    upd, entry={"at": now, "actor": user.username, "action": "merged",
-                                "from_state": target.state, "to_state": target.state,
-                                "detail": {k: v for k, v in detail.items() if v is not None}},
-                    expect_version=target.version)
-                log.info("report by %s merged into %s", user.username, target.id)
-                await self._announce("incident.updated", upd, "merged", notice="merged")
-                return upd, True
+                async with self._lock(target.id):  # the case may be changing right now
+                    target = await self.store.get(target.id)
+                    if target.state in OPEN:
+                        return await self._merge_report(target, user, people, description,
+                                                        detail, now), True
             inc = inc.model_copy(update={"severity": severity_for(self.site, type_,
                                                                   self._facts(inc))})
             inc = self._with_deadlines(inc, now, resolve_from=now)
@@ -499,6 +487,28 @@ class IncidentService:
             log.info("incident %s reported by %s (%s)", inc.id, user.username, type_)
         await self._announce("incident.created", inc, "created")
         return inc, False
+
+    async def _merge_report(self, target: Incident, user: User, people: int,
+                            description: str, detail: dict[str, Any], now: datetime
+                            ) -> Incident:
+        """A report joins an open case (called with the case's lock held)."""
+        upd = target.model_copy(update={
+            "updated_at": now, "version": target.version + 1,
+            "reports": target.reports + 1, "last_seen_at": now,
+            "people": max(target.people, people),
+            "description": target.description or description,
+        })
+        if upd.severity_reason is None:
+            upd = upd.model_copy(update={"severity": higher(
+                upd.severity, severity_for(self.site, upd.type, self._facts(upd)))})
+        await self.store.update(
+            upd, entry={"at": now, "actor": user.username, "action": "merged",
+                        "from_state": target.state, "to_state": target.state,
+                        "detail": {k: v for k, v in detail.items() if v is not None}},
+            expect_version=target.version)
+        log.info("report by %s merged into %s", user.username, target.id)
+        await self._announce("incident.updated", upd, "merged", notice="merged")
+        return upd
 
     async def add_photo(self, incident_id: str, user: User, data: bytes, content_type: str,
                         origin: str) -> str:

@@ -32,6 +32,7 @@ from hub.models import User
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
+BATCH_INTERVAL_S = 0.025  # batch clients: at most one frame per this interval
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is dropped
 MAX_INBOUND_BYTES = 16 * 1024  # larger client messages are refused unparsed
 
@@ -107,6 +108,8 @@ class Clients:
         )
         reader = asyncio.create_task(self._read(client))
         stalled = False
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
         try:
             while not reader.done():
                 if client.queue.empty():
@@ -121,6 +124,13 @@ class Clients:
                     text = client.queue.get_nowait()
                 if client.overflowed:
                     break
+                if batch:
+                    # At most one frame per BATCH_INTERVAL_S per client: under load the
+                    # events of that interval share a frame; an idle client gets an
+                    # event at once.
+                    wait = last_sent + BATCH_INTERVAL_S - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 if batch and not client.queue.empty():
                     items = [text]
                     while not client.queue.empty() and len(items) < MAX_QUEUE:
@@ -132,6 +142,7 @@ class Clients:
                 except TimeoutError:
                     stalled = True
                     break
+                last_sent = loop.time()
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
