@@ -59,9 +59,11 @@ def site() -> Site:
 
 
 @pytest.fixture
-async def svc(site: Site, tmp_path: Path) -> AsyncIterator[tuple[IncidentService, Clock,
-                                                               list[tuple[str, str]]]]:
-    store = Store(tmp_path / "gridhub.sqlite3")
+async def svc(site: Site, db_url: str) -> AsyncIterator[tuple[IncidentService, Clock,
+                                                            list[tuple[str, str]]]]:
+    """The incident service on each store (SQLite, the real PostgreSQL), with a clock the
+    test moves and the notifications it sends."""
+    store = Store(db_url)
     await store.open()
     bus = make_bus(None)
     await bus.start()
