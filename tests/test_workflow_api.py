@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -156,3 +157,29 @@ async def test_openapi_has_a_body_schema_for_every_action(hub_server: RunningHub
     for path in ("/api/reports", "/api/ledger", "/api/stats", "/api/challenges",
                  "/api/incidents/{incident_id}/photos", "/api/incidents/{incident_id}/cap"):
         assert path in spec["paths"], path
+
+
+async def test_the_hub_runs_on_postgresql(demo_config: Path, tmp_path: Path, pg_url: str
+                                          ) -> None:
+    """With a PostgreSQL URL the whole hub keeps its cases there: a report, a dispatch and
+    the ledger work, and a second hub on the same database sees the case."""
+    from tests.conftest import running_hub
+
+    async with running_hub(demo_config, tmp_path / "a", database_url=pg_url) as hub:
+        async with client(hub) as c:
+            op = await login(c, "operator")
+            r = await c.post("/api/reports", headers=op, json={
+                "type": "road_damage", "description": "坑槽", "position": G01})
+            assert r.status_code == 201, r.text
+            iid = r.json()["incident"]["id"]
+            assert (await c.post(f"/api/incidents/{iid}/dispatch", headers=op,
+                                 json={})).status_code == 200
+            health = (await c.get("/api/health")).json()
+            assert health["components"]["store"]["where"].startswith("postgresql")
+    async with running_hub(demo_config, tmp_path / "b", database_url=pg_url) as hub:
+        async with client(hub) as c:
+            op = await login(c, "operator")
+            got = (await c.get(f"/api/incidents/{iid}", headers=op)).json()
+            assert got["state"] == "dispatched" and got["departments"] == ["roads"]
+            ledger = (await c.get("/api/ledger", headers=op)).json()
+            assert iid in {i["id"] for i in ledger["items"]}
