@@ -229,6 +229,36 @@ def verify_audit(
     typer.echo("audit trail intact")
 
 
+@cli.command("migrate")
+def migrate(
+    data: Annotated[Path, typer.Option(help="Data folder (its SQLite store).")] = Path("data"),
+    database_url: Annotated[str | None, typer.Option(
+        envvar="GRIDHUB_DATABASE_URL", help="PostgreSQL URL (instead of the data folder).")
+    ] = None,
+) -> None:
+    """Create or upgrade the store's schema (Alembic) and print its revision. The hub does
+    this itself at start; run it by hand before starting several hubs on one database."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from hub.store import Store, StoreError
+
+    store = Store(database_url or data / "gridhub.sqlite3")
+    try:
+        asyncio.run(store.open())
+    except StoreError as err:
+        _fail([str(err)])
+
+    async def revision() -> str:
+        rev = await store.read(lambda c: c.execute(
+            sa.text("SELECT version_num FROM alembic_version")).scalar())
+        await store.close()
+        return str(rev)
+
+    typer.echo(f"{store.where}: schema at revision {asyncio.run(revision())}")
+
+
 @cli.command("eval")
 def eval_(
     clips: Annotated[Path, typer.Option(help="Folder of the clips the labels name.")],

@@ -1,1 +1,1 @@
-"""Alembic migrations of the store (run by ``Store.open`` and ``gridhub db upgrade``)."""
+"""Alembic migrations of the store (run by ``Store.open`` and ``gridhub migrate``)."""
