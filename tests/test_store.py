@@ -229,3 +229,16 @@ async def test_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer than this GridHub"):
         await store.open()
     await store.close()
+
+
+def test_migrate_command_creates_the_schema_and_refuses_a_bad_url(tmp_path: Path) -> None:
+    """`gridhub migrate` brings a new data folder to the newest revision; an unreachable
+    database is a clear error (exit 2), not a traceback."""
+    ok = subprocess.run([sys.executable, "-m", "hub", "migrate", "--data", str(tmp_path)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "schema at revision 0002" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "hub", "migrate", "--database-url",
+                          "postgresql://nobody@127.0.0.1:1/none"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot open the store" in bad.stderr
+    assert "Traceback" not in bad.stderr
