@@ -23,7 +23,7 @@ from hub.auth import Accounts, load_secret
 from hub.bus import Bus, CameraHealth, IncidentEvent, make_bus
 from hub.cameras import CameraRegistry
 from hub.config import ConfigError, ConfigIssue, Site, resolve_passwords
-from hub.incidents import IncidentService, can_see
+from hub.incidents import IncidentService, can_see, events_of
 from hub.models import Incident, User
 from hub.notify import Notifier, NotifyConfigError
 from hub.settings import Settings, store_location
@@ -56,6 +56,21 @@ class HubState:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     services: list[Any] = field(default_factory=list)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+
+def wire_notifications(store: Store, notifier: Notifier) -> None:
+    """Every timeline entry's notifications go into the outbox in the entry's own
+    transaction; the delivery loop wakes after each commit."""
+
+    def rows(conn: Any, inc: Incident, entry: dict[str, Any]) -> None:
+        for event in events_of(entry):
+            out = notifier.rows_for(event, inc, {"action": entry["action"],
+                                                 "actor": entry["actor"]})
+            if out:
+                Notifier.insert_rows(conn, out)
+
+    store.on_incident_write = rows
+    store.on_commit = notifier.wake
 
 
 async def _fan_out(state: HubState) -> None:
@@ -174,7 +189,7 @@ def create_app(
         state.tasks["deadlines"] = asyncio.create_task(state.incidents.run_deadlines(),
                                                        name="deadlines")
         state.notifier = notifier
-        state.incidents.notify = notifier.enqueue
+        wire_notifications(store, notifier)
         state.tasks["notify"] = asyncio.create_task(notifier.run(), name="notify")
         try:
             for make in services or []:

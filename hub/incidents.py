@@ -129,6 +129,22 @@ def can_see(site: Site, user: User, inc: Incident) -> bool:
             or in_subtree(site, inc.queue_grid, user.grid))
 
 
+def events_of(entry: dict[str, Any] | None) -> list[str]:
+    """The notification events a timeline entry stands for (webhooks and SMS are written
+    to the outbox in the same transaction as the entry, so none is lost in a crash)."""
+    if entry is None:
+        return []
+    action, detail = entry["action"], entry.get("detail") or {}
+    if action == "created":
+        return ["incident.created"]
+    if action == "escalate":
+        return ["incident.escalated"] + (["deadline.breached"] if detail.get("deadline")
+                                         else [])
+    return [{"warning": "deadline.warning", "breach": "deadline.breached",
+             "challenge": "challenge.created",
+             "challenge_overdue": "challenge.overdue"}.get(action, "incident.updated")]
+
+
 class IncidentService:
     """Owns incident creation, updates, state changes and deadlines."""
 
@@ -151,8 +167,6 @@ class IncidentService:
         # unit's last position.
         self.unit_grid: Callable[[str], str | None] | None = None
         self.unit_positions: Callable[[], list[UnitPosition]] | None = None
-        # Called with (event, incident, data) for every notice (webhooks, SMS).
-        self.notify: Callable[[str, Incident, dict[str, Any]], Any] | None = None
         self.consumer = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.candidates_seen = 0
         self.last_error: str | None = None
@@ -872,7 +886,6 @@ class IncidentService:
                     expect_version=inc.version)
             log.warning("incident %s: %s; escalated to %s", inc.id, reason, new.queue_grid)
             await self._announce("incident.updated", new, "escalate", notice="escalated")
-            await self._notify("deadline.breached", new, {"deadline": kind, "escalated": True})
             return True
         await self._system_step(inc, now, "breach", {"deadline": kind, "due": due.isoformat()},
                                 warned=f"{kind}-breach@{inc.queue_grid or '-'}",
@@ -960,25 +973,6 @@ class IncidentService:
             )
         except BusError as err:  # consoles re-fetch on reconnect; the store has it
             log.error("incident %s: broadcast failed: %s", inc.id, err)
-        if kind == "incident.created":
-            event = "incident.created"
-        elif notice == "escalated":
-            event = "incident.escalated"
-        elif notice is not None and notice.startswith(("deadline.", "challenge.")):
-            event = notice
-        else:
-            event = "incident.updated"
-        await self._notify(event, inc, {"action": action})
-
-    async def _notify(self, event: str, inc: Incident, data: dict[str, Any]) -> None:
-        if self.notify is None:
-            return
-        try:
-            res = self.notify(event, inc, data)
-            if asyncio.iscoroutine(res):
-                await res
-        except Exception:  # notifications never undo a stored change
-            log.exception("incident %s: notification %s failed", inc.id, event)
 
 
 class Step:

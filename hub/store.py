@@ -133,6 +133,11 @@ class Store:
         # When the deadline checker must next look at an incident (set by the incident
         # service; stored as the alarm_at column so it finds due cases by an index).
         self.alarm: Callable[[Incident], datetime | None] = lambda inc: None
+        # Called inside the transaction of every incident write that adds a timeline entry
+        # (the notification outbox rows go in with it), and after each commit.
+        self.on_incident_write: Callable[[Connection, Incident, dict[str, Any]], None] | None \
+            = None
+        self.on_commit: Callable[[], None] | None = None
         self.commits = 0  # transactions committed (each one disk sync)
         self.writes = 0  # writes committed (several per transaction under load)
 
@@ -240,6 +245,8 @@ class Store:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
+            if self.on_commit is not None:
+                self.on_commit()
 
     def _commit_batch(self, fns: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
         """Run each write in its own savepoint of one transaction; one commit for all."""
@@ -362,6 +369,8 @@ class Store:
             if conn.execute(stmt).rowcount != 1:
                 raise Conflict(f"incident {inc.id} changed while being updated")
         written = self._append(conn, inc.id, entry) if entry is not None else None
+        if entry is not None and self.on_incident_write is not None:
+            self.on_incident_write(conn, inc, entry)
         if snapshot is not None:
             self._upsert(conn, t.snapshots, {"incident_id": inc.id,
                                              "at": snapshot[0].isoformat(),

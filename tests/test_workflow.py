@@ -21,6 +21,7 @@ from hub.incidents import (
     IncidentService,
     InvalidInput,
     NotAllowedNow,
+    events_of,
 )
 from hub.models import Incident, User
 from hub.routing import UnitPosition
@@ -69,7 +70,11 @@ async def svc(site: Site, db_url: str) -> AsyncIterator[tuple[IncidentService, C
     clock = Clock()
     service = IncidentService(site, store, bus, clock=clock)
     sent: list[tuple[str, str]] = []
-    service.notify = lambda ev, inc, data: sent.append((ev, inc.id))
+
+    def record(conn: object, inc: Incident, entry: dict[str, Any]) -> None:
+        sent.extend((ev, inc.id) for ev in events_of(entry))
+
+    store.on_incident_write = record
     yield service, clock, sent
     await bus.close()
     await store.close()

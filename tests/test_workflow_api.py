@@ -4,14 +4,17 @@ CSV), CAP 1.2, and the OpenAPI body schema of each action."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from hub.states import ACTIONS
 from tests.conftest import RunningHub
@@ -183,3 +186,64 @@ async def test_the_hub_runs_on_postgresql(demo_config: Path, tmp_path: Path, pg_
             assert got["state"] == "dispatched" and got["departments"] == ["roads"]
             ledger = (await c.get("/api/ledger", headers=op)).json()
             assert iid in {i["id"] for i in ledger["items"]}
+
+
+async def test_workflow_steps_reach_a_webhook_signed_and_retried(
+        demo_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub configured with a webhook: a report, its escalation and a comment arrive at
+    a real receiver that fails the first attempt; each delivery is signed with the
+    configured secret, and the outbox holds nothing undelivered afterwards."""
+    import yaml
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from hub.notify import verify_signature
+    from tests.conftest import running_hub, serve_app
+
+    hits: list[tuple[dict[str, str], bytes]] = []
+    arrived = asyncio.Condition()
+    answers = [500]
+
+    async def handle(request: Request) -> Response:
+        body = await request.body()
+        async with arrived:
+            hits.append((dict(request.headers), body))
+            arrived.notify_all()
+        return Response(status_code=answers.pop(0) if answers else 200)
+
+    async with serve_app(Starlette(routes=[Route("/hook", handle, methods=["POST"])])) as rx:
+        rules = yaml.safe_load((demo_config / "rules.yaml").read_text())
+        rules["notifications"] = {
+            "webhooks": [{"name": "ops", "url": f"{rx.url}/hook", "secret_env": "OPS_SECRET",
+                          "events": ["incident.created", "incident.escalated",
+                                     "incident.updated"]}],
+            "retry": {"max_attempts": 5, "initial_s": 0.2, "factor": 1.5, "max_s": 1}}
+        (demo_config / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True))
+        monkeypatch.setenv("OPS_SECRET", "s3cret-for-the-test")
+        async with running_hub(demo_config, tmp_path / "data") as hub:
+            async with client(hub) as c:
+                op = await login(c, "operator")
+                r = await c.post("/api/reports", headers=op, json={
+                    "type": "road_damage", "description": "x", "position": G01})
+                iid = r.json()["incident"]["id"]
+                await c.post(f"/api/incidents/{iid}/escalate", headers=op,
+                             json={"reason": "needs the community"})
+                await c.post(f"/api/incidents/{iid}/comment", headers=op, json={"text": "ok"})
+
+                def events() -> list[str]:
+                    return [json.loads(b)["event"] for h, b in hits]
+
+                async with asyncio.timeout(30), arrived:
+                    await arrived.wait_for(lambda: events().count("incident.created") >= 2
+                                           and "incident.escalated" in events()
+                                           and "incident.updated" in events())
+                for h, body in hits:
+                    assert verify_signature("s3cret-for-the-test", h["x-gridhub-timestamp"],
+                                            body, h["x-gridhub-signature"])
+                    assert json.loads(body)["incident"]["id"] == iid
+                first = [h["x-gridhub-delivery"] for h, b in hits
+                         if json.loads(b)["event"] == "incident.created"]
+                assert first[0] == first[1]  # the failed attempt, retried as the same delivery
+                assert await hub.state.notifier.dead_letters() == []  # type: ignore[attr-defined]
