@@ -116,6 +116,8 @@ async def health(state: St) -> Health:
             "candidates_processed": state.incidents.candidates_seen,
             "error": state.incidents.last_error,
         },
+        "notifications": _outbox_health(await state.notifier.counts()
+                                        if state.notifier else {}),
         "websocket": {"status": "ok", "clients": len(state.clients),
                       "dropped_slow_clients": state.clients.dropped_clients},
     }
@@ -138,6 +140,11 @@ async def health(state: St) -> Health:
         elif comp.get("status") != "ok":
             worst = "degraded"
     return Health(status=worst, components=components)
+
+
+def _outbox_health(counts: dict[str, int]) -> dict[str, Any]:
+    """Outbox rows by state; degraded while any notification is dead-lettered."""
+    return {"status": "degraded" if counts.get("dead") else "ok", **counts}
 
 
 @router.post("/api/auth/token", response_model=Token, tags=["auth"])
@@ -532,6 +539,26 @@ async def get_stats(
         raise HTTPException(422, str(err)) from err
     rows = [{**{k: data[k] for k in STATS_COLUMNS}}]
     return _csv_or_json(data, rows, STATS_COLUMNS, format, "stats")
+
+
+@router.get("/api/notifications/dead", tags=["notifications"])
+async def dead_letters(state: St, user: Me) -> list[dict[str, Any]]:
+    """Notifications that could not be delivered after every retry (admin)."""
+    if user.role != "admin":
+        raise HTTPException(403, "only an admin may read the dead letters")
+    assert state.notifier is not None
+    return await state.notifier.dead_letters()
+
+
+@router.post("/api/notifications/{outbox_id}/redeliver", tags=["notifications"])
+async def redeliver(state: St, user: Me, outbox_id: int) -> dict[str, Any]:
+    """Send a dead-lettered notification again (admin)."""
+    if user.role != "admin":
+        raise HTTPException(403, "only an admin may redeliver notifications")
+    assert state.notifier is not None
+    if not await state.notifier.redeliver(outbox_id):
+        raise HTTPException(404, f"no dead notification {outbox_id}")
+    return {"id": outbox_id, "state": "pending"}
 
 
 @router.get("/api/challenges", response_model=list[ChallengeOut], tags=["incidents"])
