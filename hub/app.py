@@ -62,15 +62,26 @@ def wire_notifications(store: Store, notifier: Notifier) -> None:
     """Every timeline entry's notifications go into the outbox in the entry's own
     transaction; the delivery loop wakes after each commit."""
 
+    queued = False
+
     def rows(conn: Any, inc: Incident, entry: dict[str, Any]) -> None:
+        nonlocal queued
         for event in events_of(entry):
             out = notifier.rows_for(event, inc, {"action": entry["action"],
                                                  "actor": entry["actor"]})
             if out:
                 Notifier.insert_rows(conn, out)
+                queued = True
 
-    store.on_incident_write = rows
-    store.on_commit = notifier.wake
+    def committed() -> None:
+        nonlocal queued
+        if queued:  # only then: an idle outbox costs no transaction per commit
+            queued = False
+            notifier.wake()
+
+    if notifier.config.webhooks or notifier.config.sms is not None:
+        store.on_incident_write = rows
+        store.on_commit = committed
 
 
 async def _fan_out(state: HubState) -> None:

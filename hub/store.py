@@ -166,9 +166,10 @@ class Store:
 
             @sa.event.listens_for(engine, "begin")
             def _begin(conn: Connection) -> None:
-                # Writers take the write lock up front; readers read a snapshot.
-                reading = conn.get_execution_options().get("gridhub_read", False)
-                conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+                # Writers take the write lock up front; a reader's statement is its own
+                # snapshot (autocommit), which needs no BEGIN.
+                if not conn.get_execution_options().get("gridhub_read", False):
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             engine = sa.create_engine(self.url, pool_size=4, pool_pre_ping=True)
         try:
