@@ -205,14 +205,13 @@ def run(
     )
 
 
-@cli.command("verify-audit")
-def verify_audit(
-    data: Annotated[Path, typer.Option(help="Data folder (its SQLite store).")] = Path("data"),
-    database_url: Annotated[str | None, typer.Option(
-        envvar="GRIDHUB_DATABASE_URL", help="PostgreSQL URL (instead of the data folder).")
-    ] = None,
-) -> None:
-    """Check the hash chain of every incident timeline; exit 1 on any alteration."""
+DataDir = Annotated[Path, typer.Option(help="Data folder (its SQLite store).")]
+DatabaseUrl = Annotated[str | None, typer.Option(
+    envvar="GRIDHUB_DATABASE_URL", help="PostgreSQL URL (instead of the data folder).")]
+
+
+def _open_store(data: Path, database_url: str | None) -> Any:
+    """The store (opened and migrated), or exit 2 with the reason."""
     import asyncio
 
     from hub.store import Store, StoreError
@@ -222,6 +221,15 @@ def verify_audit(
         asyncio.run(store.open())
     except StoreError as err:
         _fail([str(err)])
+    return store
+
+
+@cli.command("verify-audit")
+def verify_audit(data: DataDir = Path("data"), database_url: DatabaseUrl = None) -> None:
+    """Check the hash chain of every incident timeline; exit 1 on any alteration."""
+    import asyncio
+
+    store = _open_store(data, database_url)
     problems: list[str] = store.verify_chain()
     asyncio.run(store.close())
     if problems:
@@ -230,25 +238,14 @@ def verify_audit(
 
 
 @cli.command("migrate")
-def migrate(
-    data: Annotated[Path, typer.Option(help="Data folder (its SQLite store).")] = Path("data"),
-    database_url: Annotated[str | None, typer.Option(
-        envvar="GRIDHUB_DATABASE_URL", help="PostgreSQL URL (instead of the data folder).")
-    ] = None,
-) -> None:
+def migrate(data: DataDir = Path("data"), database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the store's schema (Alembic) and print its revision. The hub does
     this itself at start; run it by hand before starting several hubs on one database."""
     import asyncio
 
     import sqlalchemy as sa
 
-    from hub.store import Store, StoreError
-
-    store = Store(database_url or data / "gridhub.sqlite3")
-    try:
-        asyncio.run(store.open())
-    except StoreError as err:
-        _fail([str(err)])
+    store = _open_store(data, database_url)
 
     async def revision() -> str:
         rev = await store.read(lambda c: c.execute(
