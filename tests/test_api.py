@@ -316,3 +316,28 @@ async def test_slow_console_is_dropped_others_unaffected(hub_server: RunningHub)
         clients.send("bulk", {"last": True}, lambda u: True)  # the fast one is still served
         assert (await fast.wait("bulk", lambda d: d.get("last")))["last"] is True
     slow.close()
+
+
+async def test_batch_websocket_gets_queued_events_in_one_frame(hub_server: RunningHub) -> None:
+    """A console that asks for batches (?batch=1) gets the events that queued up during a
+    send as one {"type": "batch"} frame, in order; a plain console gets them one by one."""
+    async with client(hub_server) as c:
+        op = await login(c, "operator")
+    token = op["Authorization"].split()[1]
+    async with websockets.connect(f"{hub_server.ws_url}?token={token}&batch=1") as batched, \
+            websockets.connect(f"{hub_server.ws_url}?token={token}") as plain:
+        assert json.loads(await batched.recv())["data"]["batch"] is True
+        await plain.recv()
+        clients = hub_server.state.clients  # type: ignore[attr-defined]
+        for i in range(10):  # queued in one go, before either sender runs
+            clients.send("test.event", {"n": i}, lambda u: True)
+        async with asyncio.timeout(10):
+            frame = json.loads(await batched.recv())
+            frames = [frame]
+            while sum(len(f["data"]) if f["type"] == "batch" else 1 for f in frames) < 10:
+                frames.append(json.loads(await batched.recv()))
+            singles = [json.loads(await plain.recv()) for _ in range(10)]
+    events = [e for f in frames for e in (f["data"] if f["type"] == "batch" else [f])]
+    assert [e["data"]["n"] for e in events] == list(range(10))
+    assert len(frames) < 10 and any(f["type"] == "batch" for f in frames)
+    assert [s["data"]["n"] for s in singles] == list(range(10))

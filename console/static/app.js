@@ -1392,7 +1392,8 @@ function timelineDetail(detail) {
 // ---------------------------------------------------------------------------
 function wsURL() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}`;
+  // batch=1: under load, events that queue up during a send arrive as one frame.
+  return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}&batch=1`;
 }
 
 function connectWS() {
@@ -1422,7 +1423,8 @@ function connectWS() {
     if (gen !== S.wsGen) return;
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
-    onWSMessage(msg);
+    if (msg && msg.type === "batch" && Array.isArray(msg.data)) msg.data.forEach(onWSMessage);
+    else onWSMessage(msg);
   });
   ws.addEventListener("close", (ev) => {
     if (gen !== S.wsGen || !S.token) return;

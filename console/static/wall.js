@@ -533,7 +533,7 @@ function setSaved(state) {
 function connectEvents() {
   clearTimeout(W.eventsTimer);
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(W.token)}`);
+  const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(W.token)}&batch=1`);
   W.events = ws;
   setEvents(W.eventsRetry ? "reconnecting" : "connecting");
   ws.onopen = () => { if (ws === W.events) { W.eventsRetry = 0; setEvents("live"); } };
@@ -541,7 +541,8 @@ function connectEvents() {
     if (ws !== W.events) return;
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
-    onEvent(msg);
+    if (msg && msg.type === "batch" && Array.isArray(msg.data)) msg.data.forEach(onEvent);
+    else onEvent(msg);
   };
   ws.onclose = () => {
     if (ws !== W.events) return;
