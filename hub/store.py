@@ -192,7 +192,7 @@ class Store:
             command.upgrade(alembic_config(conn), "head")
 
     async def close(self) -> None:
-        if self._flusher is not None:
+        if self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)  # queued writes land before closing
         if self._engine is not None:
             await self._run(self._engine.dispose)
