@@ -65,11 +65,15 @@ def bench_config(work: Path) -> Path:
     return cfg
 
 
-def start_hub(cfg: Path, data: Path, port: int, redis: str | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start_hub(cfg: Path, data: Path, port: int, redis: str | None, prefix: str,
+              database_url: str | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "GRIDHUB_SECRET_KEY": "bench-shared-signing-key-0123456789abcdef"}
     if redis:
         env["GRIDHUB_REDIS_URL"] = redis
-        env["GRIDHUB_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:6]}"
+        env["GRIDHUB_REDIS_PREFIX"] = prefix
+    if database_url:
+        env["GRIDHUB_DATABASE_URL"] = database_url
     log = (data.parent / f"hub-{port}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub", "run", "--config", str(cfg), "--data", str(data),
@@ -95,20 +99,45 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one(bus: str, args: argparse.Namespace, work: Path) -> None:
-    cfg = bench_config(work / bus)
-    port = free_port()
-    proc = start_hub(cfg, work / bus / "data", port, args.redis if bus == "redis" else None)
-    url = f"http://127.0.0.1:{port}"
+def pg_database(admin_url: str) -> tuple[str, object]:
+    """A fresh PostgreSQL database for one run; returns (url, a function dropping it)."""
+    import psycopg
+
+    name = f"gridhub_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
+        store: str = "sqlite") -> None:
+    cfg = bench_config(work / f"{bus}-{hubs}-{store}")
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    db_url, drop = pg_database(args.pg) if store == "postgresql" else (None, None)
+    procs, urls = [], []
     try:
-        c0, t0 = cpu_s(proc.pid), time.monotonic()
-        res = asyncio.run(run_load(url, seconds=args.seconds, workers=args.workers,
+        for i in range(hubs):
+            port = free_port()
+            procs.append(start_hub(cfg, work / f"{bus}-{hubs}-{store}" / f"data{i}", port,
+                                   args.redis if bus == "redis" else None, prefix, db_url))
+            urls.append(f"http://127.0.0.1:{port}")
+        c0, t0 = sum(cpu_s(p.pid) for p in procs), time.monotonic()
+        res = asyncio.run(run_load(urls, seconds=args.seconds, workers=args.workers,
                                    consoles=args.consoles))
-        cpu = (cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
-        health = httpx.get(f"{url}/api/health", timeout=10).json()
+        cpu = (sum(cpu_s(p.pid) for p in procs) - c0) / (time.monotonic() - t0)
+        health = [httpx.get(f"{u}/api/health", timeout=10).json() for u in urls]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+        if drop is not None:
+            drop()  # type: ignore[operator]
     if not res.acked:
         print(f"{bus}: no action acknowledged; errors: {res.errors[:3]}")
         return
@@ -117,8 +146,8 @@ def one(bus: str, args: argparse.Namespace, work: Path) -> None:
            for s in ("create", "dispatch", "accept", "resolve")}
     lat = [(res.dispatch_seen[i] - t) * 1000 for i, t in res.dispatch_sent.items()
            if i in res.dispatch_seen]
-    print(f"\n== bus: {bus}  ({res.consoles} consoles connected, {args.workers} workers, "
-          f"{args.seconds:.0f} s)")
+    print(f"\n== bus: {bus}, store: {store}, hub processes: {hubs}  ({res.consoles} consoles "
+          f"connected, {args.workers} workers, {args.seconds:.0f} s)")
     print(f"acknowledged actions: {len(res.acked)} in {span:.1f} s = "
           f"{len(res.acked) / span:.0f} actions/s; errors: {len(res.errors)}"
           + (f" (first: {res.errors[0]})" if res.errors else ""))
@@ -127,10 +156,10 @@ def one(bus: str, args: argparse.Namespace, work: Path) -> None:
     print(f"dispatch -> department console: p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms"
           f"  (n={len(lat)} of {len(res.dispatch_sent)} dispatches; mean "
           f"{statistics.fmean(lat) if lat else float('nan'):.1f} ms)")
-    ws = health["components"]["websocket"]
+    dropped = sum(h["components"]["websocket"]["dropped_slow_clients"] for h in health)
     print(f"console events received: {res.console_messages} in {res.frames} frames; "
-          f"consoles dropped as slow: "
-          f"{ws['dropped_slow_clients']}; hub CPU {cpu * 100:.0f} % of one core")
+          f"consoles dropped as slow: {dropped}; hub CPU {cpu * 100:.0f} % of one core"
+          + (" (all hub processes)" if hubs > 1 else ""))
 
 
 def main() -> None:
@@ -140,10 +169,17 @@ def main() -> None:
     ap.add_argument("--consoles", type=int, default=200)
     ap.add_argument("--buses", default="memory,redis")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="PostgreSQL where a scratch database is made for the scaled runs")
+    ap.add_argument("--scaled", type=int, default=2,
+                    help="Also run this many hub processes on Redis + PostgreSQL (0: skip)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-wf-") as tmp:
         for bus in args.buses.split(","):
             one(bus, args, Path(tmp))
+        if args.scaled:
+            one("redis", args, Path(tmp), hubs=1, store="postgresql")
+            one("redis", args, Path(tmp), hubs=args.scaled, store="postgresql")
 
 
 if __name__ == "__main__":

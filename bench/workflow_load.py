@@ -102,14 +102,18 @@ async def worker(c: httpx.AsyncClient, op: dict[str, str], dep: dict[str, str],
             res.acked.append((str(iid), step, t0, t1))
 
 
-async def run_load(base_url: str, *, seconds: float, workers: int, consoles: int,
-                   department_consoles: int = 10, seed: int = 1) -> LoadResult:
-    """Connect the consoles, run the workers for ``seconds``, return what happened."""
+async def run_load(base_url: str | list[str], *, seconds: float, workers: int,
+                   consoles: int, department_consoles: int = 10, seed: int = 1) -> LoadResult:
+    """Connect the consoles, run the workers for ``seconds``, return what happened. With
+    several hubs (same token key, same bus and store), workers and consoles are spread
+    over them round-robin."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
     res = LoadResult()
-    ws_url = base_url.replace("http://", "ws://") + "/ws"
-    limits = httpx.Limits(max_connections=workers + 4, max_keepalive_connections=workers + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as c:
-        op_tok, dep_tok = await token(c, "operator"), await token(c, "roads")
+    per_hub = workers // len(urls) + 4
+    limits = httpx.Limits(max_connections=per_hub, max_keepalive_connections=per_hub)
+    clients = [httpx.AsyncClient(base_url=u, timeout=60, limits=limits) for u in urls]
+    try:
+        op_tok, dep_tok = await token(clients[0], "operator"), await token(clients[0], "roads")
         op = {"Authorization": f"Bearer {op_tok}"}
         dep = {"Authorization": f"Bearer {dep_tok}"}
         stop = asyncio.Event()
@@ -117,11 +121,13 @@ async def run_load(base_url: str, *, seconds: float, workers: int, consoles: int
         for i in range(consoles):
             ready = asyncio.Event()
             is_dep = i < department_consoles
+            ws_url = urls[i % len(urls)].replace("http://", "ws://") + "/ws"
             tasks.append(asyncio.create_task(console(
                 ws_url, dep_tok if is_dep else op_tok, res, is_dep, ready, stop)))
             await ready.wait()
         rng = random.Random(seed)
-        load = [asyncio.create_task(worker(c, op, dep, res, stop, rng)) for _ in range(workers)]
+        load = [asyncio.create_task(worker(clients[i % len(clients)], op, dep, res, stop, rng))
+                for i in range(workers)]
         await asyncio.sleep(seconds)
         stop.set()
         await asyncio.gather(*load, return_exceptions=True)
@@ -129,4 +135,7 @@ async def run_load(base_url: str, *, seconds: float, workers: int, consoles: int
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for c in clients:
+            await c.aclose()
     return res
