@@ -32,6 +32,7 @@ from hub.models import User
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
+_GONE = "\x00gone"  # queued when the client's reader ends (never sent)
 BATCH_INTERVAL_S = 0.025  # batch clients: at most one frame per this interval
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is dropped
 MAX_INBOUND_BYTES = 16 * 1024  # larger client messages are refused unparsed
@@ -107,22 +108,16 @@ class Clients:
                        ensure_ascii=False)
         )
         reader = asyncio.create_task(self._read(client))
+        # When the client goes away, the sender (waiting on the queue) is woken by a
+        # sentinel; if the queue is full it is not waiting, and sees the reader done.
+        reader.add_done_callback(lambda _: self._wake(client))
         stalled = False
         loop = asyncio.get_running_loop()
         last_sent = 0.0
         try:
             while not reader.done():
-                if client.queue.empty():
-                    getter = asyncio.create_task(client.queue.get())
-                    done, _ = await asyncio.wait({getter, reader},
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if getter not in done:
-                        getter.cancel()
-                        break
-                    text = getter.result()
-                else:
-                    text = client.queue.get_nowait()
-                if client.overflowed:
+                text = await client.queue.get()
+                if text is _GONE or reader.done() or client.overflowed:
                     break
                 if batch:
                     # At most one frame per BATCH_INTERVAL_S per client: under load the
@@ -134,7 +129,9 @@ class Clients:
                 if batch and not client.queue.empty():
                     items = [text]
                     while not client.queue.empty() and len(items) < MAX_QUEUE:
-                        items.append(client.queue.get_nowait())
+                        more = client.queue.get_nowait()
+                        if more is not _GONE:  # the loop ends on the next round
+                            items.append(more)
                     text = '{"type":"batch","data":[' + ",".join(items) + "]}"
                 try:
                     async with asyncio.timeout(self.send_timeout_s):
@@ -203,6 +200,11 @@ class Clients:
                           client.user.username, msg_type)
             self._reply(client, "error", {"for": msg_type, "code": "internal",
                                           "message": "the hub could not handle this message"})
+
+    @staticmethod
+    def _wake(client: Client) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            client.queue.put_nowait(_GONE)
 
     @staticmethod
     def _reply(client: Client, event_type: str, data: dict[str, Any]) -> None:
