@@ -2,6 +2,8 @@
 // Plain ES module, no build step, no external resources. Labels in zh-CN (default) and
 // English; the language choice is shared with the console (same storage key).
 
+import { $, el, errorText, readStore, translate, writeStore } from "./pagekit.js";
+
 const LANG_KEY = "gridhub.lang";
 const TOKEN_KEY = "gridhub.patrol.token";
 const RETRY_MS = [1000, 2000, 4000, 8000, 15000];
@@ -170,25 +172,11 @@ const S = {
   busy: new Map(), // incident id -> action in flight
 };
 
-function readStore(store, key) {
-  try { return store.getItem(key); } catch { return null; }
-}
-function writeStore(store, key, value) {
-  try {
-    if (value) store.setItem(key, value);
-    else store.removeItem(key);
-  } catch { /* storage unavailable: keep it in memory */ }
-}
-
 // ---------------------------------------------------------------------------
 // i18n and DOM
 // ---------------------------------------------------------------------------
-const $ = (sel) => document.querySelector(sel);
-
 function t(key, vars = null) {
-  let s = DICT[S.lang][key] ?? DICT["zh-CN"][key] ?? key;
-  if (vars) for (const [k, v] of Object.entries(vars)) s = s.replaceAll(`{${k}}`, String(v));
-  return s;
+  return translate(DICT, S.lang, key, vars);
 }
 
 function applyLang() {
@@ -233,20 +221,6 @@ async function api(path, opts = {}) {
   return fetch(path, { ...opts, headers });
 }
 
-async function detail(resp) {
-  try {
-    const body = await resp.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (body.detail && body.detail.message) {  // 409: {message, allowed}
-      const allowed = (body.detail.allowed || []).join(", ");
-      return allowed ? `${body.detail.message} (→ ${allowed})` : body.detail.message;
-    }
-    return JSON.stringify(body.detail);
-  } catch {
-    return resp.statusText || String(resp.status);
-  }
-}
-
 async function onLogin(ev) {
   ev.preventDefault();
   const form = ev.target;
@@ -260,7 +234,7 @@ async function onLogin(ev) {
     const resp = await fetch("/api/auth/token", { method: "POST", body });
     if (!resp.ok) {
       err.textContent = resp.status === 401 ? t("login.failed")
-        : t("login.error", { msg: await detail(resp) });
+        : t("login.error", { msg: await errorText(resp) });
       err.hidden = false;
       return;
     }
@@ -279,7 +253,7 @@ async function onLogin(ev) {
 async function enter() {
   const resp = await api("/api/me");
   if (resp.status === 401) return showLogin();
-  if (!resp.ok) throw new Error(await detail(resp));
+  if (!resp.ok) throw new Error(await errorText(resp));
   const user = await resp.json();
   const unit = new URLSearchParams(location.search).get("unit") || user.unit;
   if (!unit || !(user.role === "patrol" || user.role === "admin")) {
@@ -435,7 +409,7 @@ async function connect() {
       return;
     }
     if (resp.status !== 201) {
-      const msg = t("reason.refused", { status: resp.status, msg: await detail(resp) });
+      const msg = t("reason.refused", { status: resp.status, msg: await errorText(resp) });
       // 409: our old session is still ending; 5xx: the hub is busy. Both are worth a retry.
       if (resp.status === 409 || resp.status >= 500) retryLater(msg);
       else fail(msg);
@@ -666,7 +640,7 @@ async function loadDispatches() {
   try {
     const resp = await api("/api/incidents?limit=200");
     if (resp.status === 401) return showLogin(t("login.failed"));
-    if (!resp.ok) throw new Error(await detail(resp));
+    if (!resp.ok) throw new Error(await errorText(resp));
     const items = (await resp.json()).items || [];
     const seen = new Set();
     for (const inc of items) {
@@ -705,18 +679,6 @@ function typeName(id) {
   return S.lang === "en" ? ty.name_en || ty.name || id : ty.name || id;
 }
 
-function el(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else if (k === "dataset") Object.assign(e.dataset, v);
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of kids.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
-  return e;
-}
 
 function dueText(iso) {
   const left = Math.round((Date.parse(iso) - Date.now()) / 1000);
@@ -814,7 +776,7 @@ async function act(id, action) {
         const fd = new FormData();
         fd.append("photo", f, f.name || "photo.jpg");
         const r = await api(`${path}/photos`, { method: "POST", body: fd });
-        if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await detail(r) }));
+        if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await errorText(r) }));
         photos.push((await r.json()).id);
       }
       body = action === "feedback" ? { text, photos } : { result: text, photos };
@@ -823,7 +785,7 @@ async function act(id, action) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     if (r.status === 401) return showLogin(t("login.failed"));
-    if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await detail(r) }));
+    if (!r.ok) throw new Error(t("error.http", { status: r.status, msg: await errorText(r) }));
     li.querySelector(".d-text").value = "";
     fileInput.value = "";
     info.textContent = t("act.done");

@@ -2,6 +2,8 @@
 // and follow my recent reports. Plain ES module, no build step, no external resources.
 // Labels in zh-CN (default) and English; the language choice is shared with the console.
 
+import { $, el, errorText, readStore, translate, writeStore } from "./pagekit.js";
+
 const LANG_KEY = "gridhub.lang";
 const TOKEN_KEY = "gridhub.report.token";
 const MINE_KEY = "gridhub.report.mine"; // + ":" + username: ids reported from this phone
@@ -92,8 +94,8 @@ const DICT = {
 };
 
 const S = {
-  lang: read(localStorage, LANG_KEY) === "en" ? "en" : "zh-CN",
-  token: read(sessionStorage, TOKEN_KEY),
+  lang: readStore(localStorage, LANG_KEY) === "en" ? "en" : "zh-CN",
+  token: readStore(sessionStorage, TOKEN_KEY),
   user: null,
   types: [],
   mine: [], // incidents, newest first
@@ -103,34 +105,8 @@ const S = {
   wsTimer: 0,
 };
 
-function read(store, key) {
-  try { return store.getItem(key); } catch { return null; }
-}
-function write(store, key, value) {
-  try {
-    if (value) store.setItem(key, value);
-    else store.removeItem(key);
-  } catch { /* storage unavailable */ }
-}
-
-const $ = (sel) => document.querySelector(sel);
-
 function t(key, vars = null) {
-  let s = DICT[S.lang][key] ?? DICT["zh-CN"][key] ?? key;
-  if (vars) for (const [k, v] of Object.entries(vars)) s = s.replaceAll(`{${k}}`, String(v));
-  return s;
-}
-
-function el(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else if (k === "dataset") Object.assign(e.dataset, v);
-    else e.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of kids.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
-  return e;
+  return translate(DICT, S.lang, key, vars);
 }
 
 function applyLang() {
@@ -155,18 +131,6 @@ async function api(path, opts = {}) {
   return resp;
 }
 
-async function detail(resp) {
-  try {
-    const body = await resp.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-    if (body.detail && body.detail.message) return body.detail.message;
-    return JSON.stringify(body.detail);
-  } catch {
-    return resp.statusText || String(resp.status);
-  }
-}
-
 // --- login -----------------------------------------------------------------------------
 async function onLogin(ev) {
   ev.preventDefault();
@@ -180,12 +144,12 @@ async function onLogin(ev) {
       body: new URLSearchParams({ username: form.username.value.trim(), password: form.password.value }),
     });
     if (!resp.ok) {
-      err.textContent = resp.status === 401 ? t("login.failed") : t("login.error", { msg: await detail(resp) });
+      err.textContent = resp.status === 401 ? t("login.failed") : t("login.error", { msg: await errorText(resp) });
       err.hidden = false;
       return;
     }
     S.token = (await resp.json()).access_token;
-    write(sessionStorage, TOKEN_KEY, S.token);
+    writeStore(sessionStorage, TOKEN_KEY, S.token);
     form.password.value = "";
     await enter();
   } catch (e) {
@@ -198,7 +162,7 @@ async function onLogin(ev) {
 
 async function enter() {
   const resp = await api("/api/me");
-  if (!resp.ok) throw new Error(await detail(resp));
+  if (!resp.ok) throw new Error(await errorText(resp));
   S.user = await resp.json();
   $("#login-view").hidden = true;
   $("#report-view").hidden = false;
@@ -218,7 +182,7 @@ function showLogin(message = "") {
   S.user = null;
   S.mine = [];
   S.result = null;
-  write(sessionStorage, TOKEN_KEY, null);
+  writeStore(sessionStorage, TOKEN_KEY, null);
   $("#report-view").hidden = true;
   $("#logout-btn").hidden = true;
   $("#current-user").hidden = true;
@@ -310,7 +274,7 @@ async function onSubmit(ev) {
         people: Number($("#people").value) || 0, channel: "staff",
       }),
     });
-    if (!resp.ok) return showError("error.http", { status: resp.status, msg: await detail(resp) });
+    if (!resp.ok) return showError("error.http", { status: resp.status, msg: await errorText(resp) });
     const { merged, incident } = await resp.json();
     S.result = { id: incident.id, merged, photo: false, photoError: null };
     remember(incident.id);
@@ -320,7 +284,7 @@ async function onSubmit(ev) {
       fd.append("photo", file, file.name || "photo.jpg");
       const up = await api(`/api/incidents/${encodeURIComponent(incident.id)}/photos`, { method: "POST", body: fd });
       if (up.ok) S.result.photo = true;
-      else S.result.photoError = await detail(up);
+      else S.result.photoError = await errorText(up);
     }
     $("#description").value = "";
     $("#people").value = "0";
@@ -365,12 +329,12 @@ function mineKey() {
 }
 
 function remembered() {
-  try { return JSON.parse(read(localStorage, mineKey()) || "[]"); } catch { return []; }
+  try { return JSON.parse(readStore(localStorage, mineKey()) || "[]"); } catch { return []; }
 }
 
 function remember(id) {
   const ids = [id, ...remembered().filter((x) => x !== id)].slice(0, 50);
-  write(localStorage, mineKey(), JSON.stringify(ids));
+  writeStore(localStorage, mineKey(), JSON.stringify(ids));
 }
 
 async function loadMine() {
@@ -433,7 +397,7 @@ function init() {
   $("#logout-btn").addEventListener("click", () => showLogin());
   $("#lang-toggle").addEventListener("click", () => {
     S.lang = S.lang === "zh-CN" ? "en" : "zh-CN";
-    write(localStorage, LANG_KEY, S.lang);
+    writeStore(localStorage, LANG_KEY, S.lang);
     applyLang();
   });
   applyLang();
