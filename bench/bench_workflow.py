@@ -6,7 +6,8 @@ dispatch click to the department's console, on the in-memory bus and on Redis.
 
 Prints, asserts nothing. For each bus, ``gridhub run --no-worker`` runs as a child
 process (SQLite store, full sync) on a copy of the demo configuration; this process
-connects the consoles (10 of them as the department, the rest as operators) and runs
+connects the consoles (10 of them as the department, the rest as operators; in child
+processes) and runs
 ``--workers`` loops of create (POST /api/reports) -> dispatch -> accept -> resolve. It
 reports acknowledged actions per second, HTTP latency per action (p50/p99), the
 dispatch-to-department-console latency (p50/p99: from sending the dispatch request to
@@ -115,7 +116,7 @@ def pg_database(admin_url: str) -> tuple[str, object]:
 
 
 def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
-        store: str = "sqlite") -> None:
+        store: str = "sqlite", rate: float | None = None) -> None:
     cfg = bench_config(work / f"{bus}-{hubs}-{store}")
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     db_url, drop = pg_database(args.pg) if store == "postgresql" else (None, None)
@@ -128,7 +129,7 @@ def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
             urls.append(f"http://127.0.0.1:{port}")
         c0, t0 = sum(cpu_s(p.pid) for p in procs), time.monotonic()
         res = asyncio.run(run_load(urls, seconds=args.seconds, workers=args.workers,
-                                   consoles=args.consoles))
+                                   consoles=args.consoles, rate=rate))
         cpu = (sum(cpu_s(p.pid) for p in procs) - c0) / (time.monotonic() - t0)
         health = [httpx.get(f"{u}/api/health", timeout=10).json() for u in urls]
     finally:
@@ -146,8 +147,9 @@ def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
            for s in ("create", "dispatch", "accept", "resolve")}
     lat = [(res.dispatch_seen[i] - t) * 1000 for i, t in res.dispatch_sent.items()
            if i in res.dispatch_seen]
+    load = f"offered {rate:.0f} actions/s" if rate else "as fast as answered"
     print(f"\n== bus: {bus}, store: {store}, hub processes: {hubs}  ({res.consoles} consoles "
-          f"connected, {args.workers} workers, {args.seconds:.0f} s)")
+          f"connected, {args.workers} workers, {load}, {args.seconds:.0f} s)")
     print(f"acknowledged actions: {len(res.acked)} in {span:.1f} s = "
           f"{len(res.acked) / span:.0f} actions/s; errors: {len(res.errors)}"
           + (f" (first: {res.errors[0]})" if res.errors else ""))
@@ -160,6 +162,10 @@ def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
     print(f"console events received: {res.console_messages} in {res.frames} frames; "
           f"consoles dropped as slow: {dropped}; hub CPU {cpu * 100:.0f} % of one core"
           + (" (all hub processes)" if hubs > 1 else ""))
+    run_s = args.seconds
+    print(f"load generator CPU: workers {res.worker_cpu_s / run_s * 100:.0f} %, consoles "
+          f"{res.console_cpu_s / (run_s + 1) * 100:.0f} % of one core (the machine has "
+          f"{os.cpu_count()} cores for all of it)")
 
 
 def main() -> None:
@@ -168,6 +174,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=32)
     ap.add_argument("--consoles", type=int, default=200)
     ap.add_argument("--buses", default="memory,redis")
+    ap.add_argument("--rates", default="100,200",
+                    help="Also run each bus at these offered loads (actions/s, open loop) "
+                    "for the latency at a given load; empty: skip")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                     help="PostgreSQL where a scratch database is made for the scaled runs")
@@ -177,6 +186,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-wf-") as tmp:
         for bus in args.buses.split(","):
             one(bus, args, Path(tmp))
+            for r in filter(None, args.rates.split(",")):
+                one(bus, args, Path(tmp) / f"rate{r}", rate=float(r))
         if args.scaled:
             one("redis", args, Path(tmp), hubs=1, store="postgresql")
             one("redis", args, Path(tmp), hubs=args.scaled, store="postgresql")

@@ -39,6 +39,7 @@ from hub.incidents import (
     IllegalTransition,
     InvalidInput,
     NotAllowedNow,
+    NotVisible,
     UnknownDepartment,
     can_see,
 )
@@ -78,7 +79,8 @@ bearer = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 St = Annotated[HubState, Depends(hub_state)]
 
 
-def current_user(state: St, token: Annotated[str | None, Depends(bearer)]) -> User:
+async def current_user(state: St, token: Annotated[str | None, Depends(bearer)]) -> User:
+    # async: no blocking work here, and a plain def would run in the thread pool
     if not token:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "not authenticated: send a bearer token",
@@ -337,6 +339,8 @@ def _action_error(err: ActionError) -> HTTPException:
         return HTTPException(409, {"message": str(err), "allowed": err.allowed})
     if isinstance(err, NotAllowedNow):
         return HTTPException(409, {"message": str(err), "allowed": []})
+    if isinstance(err, NotVisible):
+        return HTTPException(404, str(err))
     if isinstance(err, Forbidden):
         return HTTPException(403, str(err))
     if isinstance(err, UnknownDepartment | InvalidInput):
@@ -347,9 +351,10 @@ def _action_error(err: ActionError) -> HTTPException:
 async def _act(state: HubState, user: User, incident_id: str, action: str, request: Request,
                **body: Any) -> Incident:
     """Run an incident action for a user who can see the incident; map its errors."""
-    await _get_visible(state, user, incident_id)
     try:
         return await state.incidents.act(incident_id, user, action, _origin(request), **body)
+    except NotFound as err:
+        raise HTTPException(404, f"no incident {incident_id!r}") from err
     except ActionError as err:
         raise _action_error(err) from err
     except Conflict as err:

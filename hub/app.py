@@ -233,7 +233,8 @@ def create_app(
     return app
 
 
-def hub_state(request: Request) -> HubState:
+async def hub_state(request: Request) -> HubState:
+    # async: a plain def dependency would cost a thread hop on every request
     state: HubState = request.app.state.hub
     return state
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_TTL_S = 12 * 3600
 ALGORITHM = "HS256"
+VERIFIED_CACHE = 4096  # tokens remembered as verified (cleared when full)
 
 
 class AuthError(Exception):
@@ -60,6 +61,7 @@ class Accounts:
             name: pw if pw.startswith("$argon2") else self._hasher.hash(pw)
             for name, pw in passwords.items()
         }
+        self._verified: dict[str, tuple[str, float]] = {}  # token -> (subject, expiry)
         # Verify against a dummy hash for unknown users so timing does not reveal names.
         self._dummy = self._hasher.hash(secrets.token_hex(16))
 
@@ -83,11 +85,22 @@ class Accounts:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> User:
-        try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM])
-        except jwt.PyJWTError as err:
-            raise AuthError(f"invalid token: {err}") from err
-        user = self._users.get(str(claims.get("sub")))
+        # A token checked once is remembered (subject and expiry) until it expires, so a
+        # console's every request does not decode and re-sign it; the user is still looked
+        # up each time, so a removed user's token stops working at once.
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] > time.time():
+            sub = hit[0]
+        else:
+            try:
+                claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM])
+            except jwt.PyJWTError as err:
+                raise AuthError(f"invalid token: {err}") from err
+            sub = str(claims.get("sub"))
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[token] = (sub, float(claims.get("exp", 0)))
+        user = self._users.get(sub)
         if user is None:
             raise AuthError("token for an unknown user")
         return user

@@ -103,6 +103,10 @@ class Forbidden(ActionError):
     pass
 
 
+class NotVisible(Forbidden):
+    """The user may not see this incident (answered as 404, like a missing one)."""
+
+
 def new_incident_id(at: datetime) -> str:
     """Time-sortable, unique incident id."""
     return f"inc_{at.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:8]}"
@@ -556,13 +560,14 @@ class IncidentService:
     # --- user actions --------------------------------------------------------------
 
     def _check(self, user: User, action: str, inc: Incident) -> None:
-        """Role and scope rules (module docstring); raises Forbidden."""
+        """Role and scope rules (module docstring); raises Forbidden (NotVisible for a
+        case the user may not see at all, which the API answers like a missing one)."""
         if user.role == "admin":
             return
+        if not can_see(self.site, user, inc):
+            raise NotVisible(f"no incident {inc.id!r}")
         if user.role not in ROLES.get(action, frozenset()):
             raise Forbidden(f"role {user.role} cannot {action}")
-        if not can_see(self.site, user, inc):
-            raise Forbidden("outside your grid or assignments")
         if action in ASSIGNEE_ACTIONS:
             mine = (user.role == "department" and user.department in inc.departments) or (
                 user.role == "patrol" and user.unit in inc.units)

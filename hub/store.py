@@ -115,6 +115,26 @@ def _projection(inc: Incident, alarm: datetime | None = None) -> dict[str, Any]:
     }
 
 
+# Statements of the hot write path, built once: executed with a parameter dict they skip
+# SQLAlchemy's per-call statement construction and hit its compiled cache. (An UPDATE takes
+# its SET columns from the parameter keys that name columns.)
+_TL = t.timeline.c
+_INC = t.incidents.c
+_LAST_ENTRY = (sa.select(_TL.seq, _TL.hash).where(_TL.incident_id == sa.bindparam("iid"))
+               .order_by(_TL.seq.desc()).limit(1))
+_INSERT_ENTRY = sa.insert(t.timeline)
+_INSERT_INCIDENT = sa.insert(t.incidents)
+_UPDATE_INCIDENT = {
+    (by_state, by_version): sa.update(t.incidents).where(*(
+        [_INC.id == sa.bindparam("_id")]
+        + ([_INC.state == sa.bindparam("_state")] if by_state else [])
+        + ([_INC.version == sa.bindparam("_version")] if by_version else [])))
+    for by_state in (False, True) for by_version in (False, True)
+}
+_GET_DOC = sa.select(_INC.doc).where(_INC.id == sa.bindparam("iid"))
+_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
 class Store:
     """The store; async methods run the work on the store's own thread."""
 
@@ -308,37 +328,36 @@ class Store:
                 keys: Iterable[str]) -> None:
         """Insert a row, or update the columns other than ``keys`` if it exists."""
         keys = tuple(keys)
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        stmt = insert(table).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={k: stmt.excluded[k] for k in values if k not in keys},
-        )
-        conn.execute(stmt)
+        cache_key = (conn.dialect.name, table.name, keys, tuple(sorted(values)))
+        stmt = _UPSERTS.get(cache_key)
+        if stmt is None:
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+            ins = insert(table)
+            stmt = _UPSERTS[cache_key] = ins.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={k: ins.excluded[k] for k in cache_key[3] if k not in keys},
+            )
+        conn.execute(stmt, values)
 
     # --- writes ------------------------------------------------------------
 
     def _append(self, conn: Connection, incident_id: str, entry: dict[str, Any]
                 ) -> TimelineEntry:
-        tl = t.timeline.c
-        row = conn.execute(
-            sa.select(tl.seq, tl.hash).where(tl.incident_id == incident_id)
-            .order_by(tl.seq.desc()).limit(1)
-        ).first()
+        row = conn.execute(_LAST_ENTRY, {"iid": incident_id}).first()
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
         at = entry["at"]
         entry = {**entry, "seq": seq, "at": at.isoformat() if isinstance(at, datetime) else at}
         h = entry_hash(prev, incident_id, entry)
-        conn.execute(sa.insert(t.timeline).values(
-            incident_id=incident_id, seq=seq, at=entry["at"], actor=entry["actor"],
-            action=entry["action"], from_state=entry.get("from_state"),
-            to_state=entry.get("to_state"),
-            detail=json.dumps(entry.get("detail", {}), ensure_ascii=False, default=str),
-            prev_hash=prev, hash=h,
-        ))
+        conn.execute(_INSERT_ENTRY, {
+            "incident_id": incident_id, "seq": seq, "at": entry["at"], "actor": entry["actor"],
+            "action": entry["action"], "from_state": entry.get("from_state"),
+            "to_state": entry.get("to_state"),
+            "detail": json.dumps(entry.get("detail", {}), ensure_ascii=False, default=str),
+            "prev_hash": prev, "hash": h,
+        })
         return TimelineEntry.model_validate({**entry, "hash": h})
 
     def _write(
@@ -357,17 +376,16 @@ class Store:
         assign: Iterable[tuple[str, bool]] = (),
     ) -> TimelineEntry | None:
         if insert:
-            conn.execute(sa.insert(t.incidents).values(
-                id=inc.id, event_id=event_id, **_projection(inc, self.alarm(inc))))
+            conn.execute(_INSERT_INCIDENT, {"id": inc.id, "event_id": event_id,
+                                            **_projection(inc, self.alarm(inc))})
         else:
-            c = t.incidents.c
-            stmt = sa.update(t.incidents).where(c.id == inc.id).values(
-                **_projection(inc, self.alarm(inc)))
+            params = {"_id": inc.id, **_projection(inc, self.alarm(inc))}
             if expect_state is not None:
-                stmt = stmt.where(c.state == expect_state)
+                params["_state"] = expect_state
             if expect_version is not None:
-                stmt = stmt.where(c.version == expect_version)
-            if conn.execute(stmt).rowcount != 1:
+                params["_version"] = expect_version
+            stmt = _UPDATE_INCIDENT[(expect_state is not None, expect_version is not None)]
+            if conn.execute(stmt, params).rowcount != 1:
                 raise Conflict(f"incident {inc.id} changed while being updated")
         written = self._append(conn, inc.id, entry) if entry is not None else None
         if entry is not None and self.on_incident_write is not None:
@@ -459,9 +477,8 @@ class Store:
     # --- reads ---------------------------------------------------------------
 
     async def get(self, incident_id: str) -> Incident:
-        c = t.incidents.c
         row = await self.read(lambda conn: conn.execute(
-            sa.select(c.doc).where(c.id == incident_id)).first())
+            _GET_DOC, {"iid": incident_id}).first())
         if row is None:
             raise NotFound(incident_id)
         return Incident.model_validate_json(row[0])

@@ -49,6 +49,11 @@ class InboundError(Exception):
         self.code = code
 
 
+def audience(user: User) -> tuple[str | None, ...]:
+    """What an event's visibility may depend on: users alike in these see the same."""
+    return (user.role, user.department, user.grid, user.unit)
+
+
 @dataclass(eq=False)
 class Client:
     id: int
@@ -56,6 +61,10 @@ class Client:
     user: User
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
     overflowed: bool = False
+    audience: tuple[str | None, ...] = ()
+    sending_since: float | None = None  # loop time a send started (None: not sending)
+    stalled: bool = False  # set by the watchdog before it cancels the sender
+    task: asyncio.Task[Any] | None = None
 
 
 class Clients:
@@ -68,6 +77,7 @@ class Clients:
         self.dropped_clients = 0
         self.inbound_errors = 0
         self._handlers: dict[str, InboundHandler] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     def handle(self, msg_type: str, handler: InboundHandler | None) -> None:
         """Route client messages of ``msg_type`` to ``handler`` (None removes it)."""
@@ -82,12 +92,17 @@ class Clients:
     def send(self, event_type: str, data: dict[str, Any], visible: Callable[[User], bool],
              **extra: Any) -> None:
         """Queue an event for every client whose user passes ``visible``; ``extra`` keys
-        (e.g. action, notice) go beside ``type`` and ``data``."""
+        (e.g. action, notice) go beside ``type`` and ``data``. ``visible`` may depend only
+        on the user's :func:`audience` (it is asked once per audience, not per client)."""
         text = json.dumps({"type": event_type, "data": data,
                            **{k: v for k, v in extra.items() if v is not None}},
                           ensure_ascii=False, default=str)
-        for c in list(self._clients):
-            if not visible(c.user):
+        seen: dict[tuple[str | None, ...], bool] = {}
+        for c in self._clients:  # no await in this loop: the set cannot change under it
+            ok = seen.get(c.audience)
+            if ok is None:
+                ok = seen[c.audience] = visible(c.user)
+            if not ok:
                 continue
             try:
                 c.queue.put_nowait(text)
@@ -100,8 +115,11 @@ class Clients:
         """Run one client until it disconnects or falls too far behind. With ``batch``,
         events that queued up while the previous send was in flight go out together as
         ``{"type": "batch", "data": [<event>, ...]}`` (one frame instead of many)."""
-        client = Client(next(self._ids), ws, user)
+        client = Client(next(self._ids), ws, user, audience=audience(user),
+                        task=asyncio.current_task())
         self._clients.add(client)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name="ws-watchdog")
         log.info("ws client %d (%s) connected", client.id, user.username)
         await ws.send_text(
             json.dumps({"type": "hello", "data": {"user": user.model_dump(), "batch": batch}},
@@ -133,16 +151,22 @@ class Clients:
                         if more is not _GONE:  # the loop ends on the next round
                             items.append(more)
                     text = '{"type":"batch","data":[' + ",".join(items) + "]}"
-                try:
-                    async with asyncio.timeout(self.send_timeout_s):
-                        await ws.send_text(text)
-                except TimeoutError:
-                    stalled = True
-                    break
-                last_sent = loop.time()
+                # No timeout object per send (that cost more than the send): the watchdog
+                # cancels a send that has not returned within send_timeout_s.
+                client.sending_since = last_sent = loop.time()
+                await ws.send_text(text)
+                client.sending_since = None
+        except asyncio.CancelledError:
+            if not client.stalled:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            stalled = True
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
+            client.sending_since = None  # a send that raised is not stalled
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await reader
@@ -159,6 +183,20 @@ class Clients:
                                        reason="too slow; reconnect and re-fetch"
                                        if client.overflowed or stalled else "")
             log.info("ws client %d (%s) gone", client.id, user.username)
+
+    async def _watch(self) -> None:
+        """Cancel the sends that have not returned within ``send_timeout_s``; ends when
+        no client is left (the next one starts it again)."""
+        loop = asyncio.get_running_loop()
+        while self._clients:
+            await asyncio.sleep(min(1.0, self.send_timeout_s / 4))
+            now = loop.time()
+            for c in list(self._clients):
+                since = c.sending_since
+                if since is not None and now - since > self.send_timeout_s and not c.stalled:
+                    c.stalled = True
+                    if c.task is not None:
+                        c.task.cancel()
 
     async def _read(self, client: Client) -> None:
         """Consume client frames until the client goes away; dispatch its messages."""
