@@ -180,7 +180,7 @@ class RedisBus(Bus):
         finally:
             try:
                 await pubsub.unsubscribe()
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             except (RedisError, OSError):
                 log.debug("bus: pubsub close failed", exc_info=True)
 
