@@ -55,13 +55,19 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
     """
     from console.server import mount_console
     from detectors.worker import Worker
+    from hub.api_evidence import mount_evidence
+    from hub.api_recordings import mount_recordings
     from hub.api_units import mount_units
     from hub.api_wall import mount_wall_api
     from hub.app import HubState, Service, create_app
+    from hub.evidence import EvidenceService
+    from hub.recordings import RecordingService
     from hub.units import UnitService, telemetry_sink
     from ingest import Source
     from ingest.live import LiveHub
     from ingest.live_http import make_live_router
+    from ingest.recorder import RecorderPool
+    from ingest.segments import cut_clip, repair
     from ingest.whip_http import make_whip_router
 
     workers: list[Worker] = []
@@ -87,7 +93,8 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
             if workers:
                 workers[0].detach(src.source_id)
 
-    services: list[Callable[[HubState], Service]] = [UnitService.from_state]
+    services: list[Callable[[HubState], Service]] = [EvidenceService.from_state,
+                                                     UnitService.from_state]
     if settings.with_worker:
 
         def worker(state: HubState) -> Worker:
@@ -98,6 +105,12 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
 
         services.append(worker)
     services.append(lambda _state: live)  # stopped before the sources it reads
+    rec = site.rules.recording
+    recorders = RecorderPool(
+        settings.data_dir, segment_s=rec.segment_s, min_free_bytes=int(rec.min_free_gb * 1e9),
+        sources=lambda: [s for i in list_sources() if (s := get_source(i)) is not None])
+    # After the sources (stopped before them: the last fragments land); repairs at start.
+    services.append(RecordingService.from_parts(recorders, repair, cut_clip))
 
     def mount_ingest(app: FastAPI) -> None:
         def verify(token: str) -> Any:
@@ -119,7 +132,8 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
 
     return create_app(
         settings, site, services=services,
-        routers=[mount_console, mount_units, mount_wall_api, mount_ingest],
+        routers=[mount_console, mount_units, mount_wall_api, mount_evidence, mount_recordings,
+                 mount_ingest],
     )
 
 
@@ -173,6 +187,12 @@ def run(
         from hub.urls import mask_url
 
         _fail([f"environment: {mask_url(str(err))}"])
+    from hub.evidence import EvidenceKeyError, load_or_create_key
+
+    try:  # the evidence key: made on the first run, a damaged one stops the start
+        load_or_create_key(data)
+    except EvidenceKeyError as err:
+        _fail([f"evidence key: {err}"])
     backend = None
     if worker:
         try:
@@ -235,6 +255,36 @@ def verify_audit(data: DataDir = Path("data"), database_url: DatabaseUrl = None)
     if problems:
         _fail(problems + [f"{len(problems)} problem(s)"], code=1)
     typer.echo("audit trail intact")
+
+
+@cli.command("verify")
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="The evidence bundle (.zip) to check.")],
+    key: Annotated[Path | None, typer.Option(
+        help="The installation's public key (PEM, from GET /api/evidence/key) to trust; "
+        "without it the key inside the bundle is used and only its fingerprint is shown.")]
+    = None,
+) -> None:
+    """Check an evidence bundle: the signature of its manifest, every file's size and
+    SHA-256, nothing missing or added, the timeline's hash chain; print each file's result
+    and the chain of custody. Exit 0 only when everything holds, 1 otherwise."""
+    from hub.evidence_verify import KeyFileError, render, verify_bundle
+
+    if not bundle.is_file():
+        _fail([f"{bundle}: no such file"])
+    trusted = None
+    if key is not None:
+        try:
+            trusted = key.read_bytes()
+        except OSError as err:
+            _fail([f"--key {key}: {err.strerror or err}"])
+    try:
+        result = verify_bundle(bundle, trusted)
+    except KeyFileError as err:
+        _fail([f"--key {key}: {err}"])
+    for line in render(result):
+        typer.echo(line)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @cli.command("migrate")

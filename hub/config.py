@@ -430,6 +430,23 @@ class WorkflowConfig(Strict):
     check_every_s: float = Field(5.0, gt=0, description="How often deadlines are checked.")
 
 
+class RecordingConfig(Strict):
+    """Continuous recording of every camera and patrol stream (stream copy, no re-encode)."""
+
+    enabled: bool = Field(True, description="Record every source into fragmented MP4 segments.")
+    segment_s: float = Field(60.0, ge=1, le=3600, description="Length of a segment; each "
+                             "starts on a keyframe.")
+    retain_days: float = Field(30.0, gt=0, description="Segments older than this are deleted "
+                               "(oldest first), unless locked as evidence.")
+    quota_gb: float | None = Field(None, gt=0, description="Most space recordings may take; "
+                                   "the oldest unlocked segments go first. None: no quota.")
+    min_free_gb: float = Field(1.0, ge=0, description="Recording pauses (with an alert) when "
+                               "the disk has less free space than this, and resumes after.")
+    preroll_s: float = Field(10.0, ge=0, le=600, description="Incident clips and evidence "
+                             "locks start this long before the event.")
+    postroll_s: float = Field(30.0, ge=0, le=3600, description="... and end this long after.")
+
+
 class RulesFile(Strict):
     detector: DetectorConfig = Field(default_factory=OnnxDetectorConfig, description="Model.")
     detect_fps: float = Field(2.0, gt=0, le=30, description="Detection rate per camera.")
@@ -448,6 +465,8 @@ class RulesFile(Strict):
                                      description="Deadlines, escalation, routing, merging.")
     notifications: NotificationsConfig = Field(
         default_factory=NotificationsConfig, description="Webhooks and SMS (none by default).")
+    recording: RecordingConfig = Field(
+        default_factory=RecordingConfig, description="Recording, retention, incident clips.")
 
 
 # --- the whole site -------------------------------------------------------

@@ -17,7 +17,8 @@ Who may do what (admins may do everything):
   comment and challenge, once a case has moved above their level);
 - department: accept, en_route, on_scene, feedback, resolve, escalate, comment on cases
   assigned to the department; patrol: the same on cases assigned to its unit;
-- staff (grid staff): report, comment; reviewer: comment.
+- staff (grid staff): report, comment; reviewer: comment, export (an evidence bundle),
+  evidence_unlock (release the recordings locked as evidence).
 
 Exceptions::
 
@@ -69,6 +70,8 @@ ROLES: dict[str, frozenset[str]] = {
     **{a: frozenset({"admin", "department", "patrol"}) for a in ASSIGNEE_ACTIONS},
     "comment": frozenset({"admin", "operator", "dispatcher", "department", "patrol",
                           "reviewer", "staff"}),
+    "export": frozenset({"admin", "reviewer"}),
+    "evidence_unlock": frozenset({"admin", "reviewer"}),
 }
 Notice = Literal["escalated", "merged", "deadline.warning", "deadline.breached",
                  "challenge.created", "challenge.overdue"]
@@ -642,7 +645,7 @@ class IncidentService:
 
     def _answers_challenges(self, user: User, inc: Incident, action: str) -> bool:
         """Any action on a challenged case by the level holding it answers the challenge."""
-        if inc.open_challenges == 0 or action == "challenge":
+        if inc.open_challenges == 0 or action in ("challenge", "export"):
             return False
         return user.role == "admin" or (
             user.role in ("operator", "dispatcher")
@@ -772,6 +775,27 @@ class IncidentService:
 
     def _do_comment(self, inc: Incident, user: User, now: datetime, text: str) -> Step:
         return Step(changes={"last_note": text}, detail={"text": text})
+
+    def _do_export(self, inc: Incident, user: User, now: datetime, reason: str,
+                   bundle: str | None = None, key: str | None = None) -> Step:
+        """An evidence bundle is taken (hub.api_evidence): who, why, which bundle, signed
+        with which key; recorded before the bundle is sent."""
+        return Step(detail={"reason": reason, "bundle": bundle, "key": key})
+
+    def _do_evidence_unlock(self, inc: Incident, user: User, now: datetime, reason: str
+                            ) -> Step:
+        """A reviewer releases the incident's evidence locks (hub.recordings): retention
+        may delete its recordings again. Refused when nothing is locked."""
+        def release(conn: Connection) -> None:
+            lk = t.evidence_locks.c
+            n = conn.execute(sa.update(t.evidence_locks).where(
+                lk.incident_id == inc.id, lk.released_at.is_(None)).values(
+                released_at=now.astimezone(UTC).isoformat(timespec="microseconds"),
+                released_by=user.username, release_reason=reason)).rowcount
+            if not n:
+                raise NotAllowedNow("the incident's recordings are not locked")
+
+        return Step(detail={"reason": reason}, also=release)
 
     def _do_challenge(self, inc: Incident, user: User, now: datetime, reason: str) -> Step:
         """A lower level asks the upper level about a case it escalated (质询)."""

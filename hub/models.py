@@ -68,6 +68,8 @@ class Incident(BaseModel):
     snapshot_url: str | None = None
     clip_start: datetime | None = None
     clip_end: datetime | None = None
+    clip_url: str | None = Field(None, description="The incident's video clip (MP4, cut "
+                                 "from the recordings once the post-roll has passed).")
     suggested_departments: list[str] = Field(default_factory=list)
     departments: list[str] = Field(default_factory=list, description="Assigned departments.")
     lead_department: str | None = None

@@ -11,6 +11,7 @@ on both databases and survive a round trip unchanged, which the hash chain needs
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -178,3 +179,53 @@ outbox = Table(
     Column("delivered_at", Text),
 )
 Index("outbox_due", outbox.c.state, outbox.c.next_at)
+
+# Recorded segments (fragmented MP4 files under the data folder), one row per file.
+# state: recording (being written, or cut short by a crash until the start-up repair),
+# complete, repaired (cut back to its last complete fragment), damaged (nothing usable).
+recordings = Table(
+    "recordings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("camera", Text, nullable=False),
+    Column("start_at", Text, nullable=False),
+    Column("end_at", Text, nullable=False),
+    Column("path", Text, nullable=False, unique=True),  # relative to the data folder
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("codec", Text),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("state", Text, nullable=False),
+    Column("note", Text),  # what the repair found
+)
+Index("recordings_camera_start", recordings.c.camera, recordings.c.start_at)
+Index("recordings_start", recordings.c.start_at)
+
+# Evidence locks: a camera's time window kept for an incident. Every segment of that
+# camera overlapping the window (written before or after the lock) is kept by retention
+# until a reviewer releases the lock (an audited incident action).
+evidence_locks = Table(
+    "evidence_locks", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Text, ForeignKey("incidents.id"), nullable=False),
+    Column("camera", Text, nullable=False),
+    Column("start_at", Text, nullable=False),
+    Column("end_at", Text, nullable=False),
+    Column("created_at", Text, nullable=False),
+    Column("released_at", Text),
+    Column("released_by", Text),
+    Column("release_reason", Text),
+)
+Index("evidence_locks_camera", evidence_locks.c.camera, evidence_locks.c.start_at)
+Index("evidence_locks_incident", evidence_locks.c.incident_id)
+
+# The clip cut for an incident (plain MP4 under the data folder).
+clips = Table(
+    "clips", metadata,
+    Column("incident_id", Text, ForeignKey("incidents.id"), primary_key=True),
+    Column("camera", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("start_at", Text, nullable=False),
+    Column("end_at", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Text, nullable=False),
+)

@@ -13,7 +13,9 @@ reopen: resolved / closed / dismissed --> reopened (then confirm, dispatch, dism
 Self-actions leave the state as it is and only add to the timeline: comment (any
 state), feedback and en_route (by the assignee, while it works on the case), severity
 (an operator's change with a reason), challenge (a lower level asks the upper level about
-an escalated case).
+an escalated case), export (a reviewer takes a signed evidence bundle: who and why go
+into the timeline, in any state), evidence_unlock (a reviewer releases the recordings
+locked as evidence, with a reason, in any state).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ TRANSITIONS: dict[str, tuple[frozenset[State], State | None]] = {
     "challenge": (frozenset({"escalated"}), SAME),
     "severity": (OPEN, SAME),
     "comment": (frozenset(STATES), SAME),
+    "export": (frozenset(STATES), SAME),
+    "evidence_unlock": (frozenset(STATES), SAME),
 }
 ACTIONS: tuple[str, ...] = tuple(TRANSITIONS)
 

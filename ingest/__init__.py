@@ -5,8 +5,9 @@ built-in demo scene (``file_source``, ``demo_scene``), RTSP street cameras (``rt
 WHIP patrol streams (``whip`` sans-I/O, ``webrtc`` aiortc, ``whip_http`` endpoints). Each
 gives the latest decoded frame to detection and its encoded H.264 packets to a
 ``PacketRing``, from which the live wall muxes fragmented MP4 once per source (``live``,
-``live_http``). A source never raises into its owner: it goes offline with a reason and
-retries.
+``live_http``) and the recorder writes fMP4 segments by stream copy (``recorder``;
+``segments`` repairs them and cuts incident clips). A source never raises into its
+owner: it goes offline with a reason and retries.
 """
 
 from __future__ import annotations

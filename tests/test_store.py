@@ -236,9 +236,53 @@ def test_migrate_command_creates_the_schema_and_refuses_a_bad_url(tmp_path: Path
     database is a clear error (exit 2), not a traceback."""
     ok = subprocess.run([sys.executable, "-m", "hub", "migrate", "--data", str(tmp_path)],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "schema at revision 0002" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "schema at revision 0003" in ok.stdout, ok.stderr
     bad = subprocess.run([sys.executable, "-m", "hub", "migrate", "--database-url",
                           "postgresql://nobody@127.0.0.1:1/none"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot open the store" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+async def test_recordings_index_locks_and_clips(db_url: str) -> None:
+    """The recordings index (migration 0003): rows by camera and time, evidence locks by
+    time window (also over rows added later), deletion only while unlocked, clips."""
+    import time
+
+    from hub.recordings import RecordingsIndex
+
+    store = Store(db_url)
+    await store.open()
+    idx = RecordingsIndex(store)
+    inc = incident("inc_rec")
+    await store.insert(inc, event_id=None, entry=entry("created"))
+    t0 = time.time() - 3600
+    for i in range(3):
+        await idx.add("cam1", f"recordings/cam1/d/{i}.mp4", t0 + 60 * i, end=t0 + 60 * i + 60,
+                      size=1000 * (i + 1), codec="h264", width=640, height=360,
+                      state="complete")
+    await idx.add("cam2", "recordings/cam2/d/0.mp4", t0, end=t0 + 60, size=5, state="complete")
+    assert await idx.lock("inc_rec", "cam1", t0 + 70, t0 + 200)
+    assert not await idx.lock("inc_rec", "cam1", t0, t0 + 1)  # once per incident
+    await idx.add("cam1", "recordings/cam1/d/3.mp4", t0 + 180, state="recording")
+    rows = await idx.query(camera="cam1", since=t0 + 30, until=t0 + 190)
+    assert [r.path[-5:] for r in rows] == ["0.mp4", "1.mp4", "2.mp4", "3.mp4"]
+    assert [r.locked_by for r in rows] == [[], ["inc_rec"], ["inc_rec"], ["inc_rec"]]
+    assert await idx.total_size() == 6005
+    assert [p for _, p, _ in await idx.deletable()] == [
+        "recordings/cam1/d/0.mp4", "recordings/cam2/d/0.mp4"]
+    locked = rows[1].id
+    assert not await idx.delete_if_unlocked(locked)
+    await idx.finish("recordings/cam1/d/3.mp4", end=t0 + 240, size=7, state="repaired",
+                     note="cut")
+    assert (await idx.query(ids=[rows[3].id]))[0].state == "repaired"
+    await idx.save_clip("inc_rec", "cam1", "clips/inc_rec.mp4", t0 + 70, t0 + 110, 1234)
+    assert (await idx.clip("inc_rec"))["size"] == 1234  # type: ignore[index]
+    import sqlalchemy as sa
+
+    from hub import schema as t
+    await store.tx(lambda c: c.execute(sa.update(t.evidence_locks).values(
+        released_at="2030-01-01T00:00:00+00:00", released_by="reviewer")))
+    assert await idx.delete_if_unlocked(locked)
+    assert (await idx.locks("inc_rec"))[0]["released_by"] == "reviewer"
+    await store.close()

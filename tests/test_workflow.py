@@ -92,11 +92,12 @@ async def report(s: IncidentService, type_: str = "road_damage", pos: tuple[floa
 @given(st.sampled_from(STATES), st.sampled_from(ACTIONS))
 def test_transition_table_is_consistent(state: str, action: str) -> None:
     """next_state agrees with allowed_from; done states are left only by reopen (or close,
-    from resolved), and comments; closed is reached only from resolved."""
+    from resolved), comments, evidence exports and unlocks; closed is reached only from resolved."""
     to = next_state(action, state)
     assert (to is not None) == (action in allowed_from(state))
     if state in DONE and to is not None:
-        assert action in ("reopen", "comment") or (state, action) == ("resolved", "close")
+        assert action in ("reopen", "comment", "export", "evidence_unlock") or (
+            state, action) == ("resolved", "close")
     if to == "closed" and state != "closed":
         assert state == "resolved"
     if to is not None and TRANSITIONS[action][1] is None:
@@ -110,6 +111,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "resolve": {"result": "fixed"}, "close": {}, "reopen": {"reason": "came back"},
     "escalate": {"reason": "needs the street level"}, "challenge": {"reason": "no answer"},
     "severity": {"severity": "red", "reason": "a school nearby"}, "comment": {"text": "note"},
+    "export": {"reason": "a court asked for it"},
+    "evidence_unlock": {"reason": "the case is closed, no appeal"},
 }
 
 
@@ -151,7 +154,8 @@ def test_random_action_sequences_follow_the_machine(
                 assert err.allowed == sorted(allowed_from(inc_state))
                 continue
             except NotAllowedNow:  # a precondition beyond the table (top level, too early)
-                assert action in ("escalate", "challenge", "severity")
+                # (evidence_unlock: a report's case has no recordings locked)
+                assert action in ("escalate", "challenge", "severity", "evidence_unlock")
                 continue
             assert want is not None, f"{action} from {inc_state} was applied"
             assert got.state == want

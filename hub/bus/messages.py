@@ -103,3 +103,14 @@ class UnitTelemetry(Message):
     speed: float | None = Field(None, ge=0, allow_inf_nan=False, description="m/s.")
     heading: float | None = Field(None, ge=0, le=360, allow_inf_nan=False, description="Degrees.")
     accuracy: float | None = Field(None, ge=0, allow_inf_nan=False, description="Metres.")
+
+
+class RecordingStatus(Message):
+    """A source's recorder changed state: ``recording.paused`` (disk full or low, with the
+    reason) is an alert for the command center; ``recording.resumed`` clears it."""
+
+    topic: ClassVar[str] = "recording.status"
+    kind: Literal["recording.paused", "recording.resumed", "recording.unsupported"]
+    camera_id: str
+    reason: str | None = None
+    at: datetime = Field(description="When it changed (UTC).")

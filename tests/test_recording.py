@@ -1,0 +1,529 @@
+"""Continuous recording, the recordings index, start-up repair, retention with evidence
+locks, incident clips and a full disk: against the real GStreamer RTSP server, the real hub
+(uvicorn, store, bus, worker) and real files."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import struct
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import av
+import httpx
+import pytest
+import yaml
+from conftest import HubProcess, RunningHub, running_hub
+
+from hub.bus import IncidentCandidate
+from hub.bus.messages import RecordingStatus
+from hub.models import Incident
+from hub.recordings import RecordingService, iso
+from ingest.fmp4 import split_lengths
+from ingest.packets import StreamInfo, VideoPacket
+from ingest.recorder import Recorder, RecorderStatus, Segment
+from ingest.segments import cut_clip, repair, scan
+from ingest.source import Source
+
+PEER = Path(__file__).parent / "peers" / "rtsp_server.py"
+FPS = 15
+CAM = "cam-rtsp"
+
+
+def _load_peer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rtsp_server_peer_rec", PEER)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+peer = _load_peer()
+
+
+async def until(pred: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
+    """Wait for ``pred()`` to return something truthy (checked every 100 ms)."""
+    try:
+        async with asyncio.timeout(within_s):
+            while True:
+                got = await pred()
+                if got:
+                    return got
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        pytest.fail(f"timed out after {within_s} s waiting for {what}")
+
+
+async def login(c: httpx.AsyncClient, user: str) -> dict[str, str]:
+    r = await c.post("/api/auth/token", data={"username": user, "password": "demo"})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def service(hub: RunningHub) -> RecordingService:
+    return next(s for s in hub.state.services  # type: ignore[attr-defined]
+                if isinstance(s, RecordingService))
+
+
+def with_recording(config: Path, cameras: list[dict[str, Any]] | None, **rec: Any) -> Path:
+    """The config folder with ``cameras`` (None: unchanged) and recording settings."""
+    if cameras is not None:
+        (config / "cameras.yaml").write_text(yaml.safe_dump({"cameras": cameras}),
+                                             encoding="utf-8")
+    rules = yaml.safe_load((config / "rules.yaml").read_text(encoding="utf-8"))
+    rules["recording"] = {**rules.get("recording", {}), **rec}
+    (config / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True),
+                                       encoding="utf-8")
+    return config
+
+
+def rtsp_camera(url: str) -> dict[str, Any]:
+    return {"id": CAM, "name": "RTSP", "grid": "zz-jinshui-jingba-c1-g01",
+            "position": [113.6675, 34.7675], "source": {"type": "rtsp", "url": url}}
+
+
+def au_bodies(clip: Path) -> set[tuple[bytes, ...]]:
+    """The NAL units of each access unit of an Annex B clip, parameter sets and AUDs left
+    out (they live in the segment's avcC)."""
+    out = set()
+    for au in peer.access_units(clip.read_bytes()):
+        nals = [n[4:] for n in peer.nal_units(au)]
+        out.add(tuple(n for n in nals if n[0] & 0x1F not in (7, 8, 9)))
+    return out
+
+
+def samples_of(path: Path) -> list[tuple[bytes, ...]]:
+    s = scan(path)
+    out = []
+    with path.open("rb") as f:
+        for frag in s.fragments:
+            f.seek(frag.data_offset)
+            for _dur, size, _key, _cto in frag.samples:
+                out.append(tuple(split_lengths(f.read(size))))
+    return out
+
+
+def decode_all(path: Path) -> tuple[int, float]:
+    """(frames decoded without error, container duration in s)."""
+    with av.open(str(path)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+        return n, float(c.duration or 0) / 1e6
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6 s H.264 camera clip (640x360, 15 fps, a keyframe every second)."""
+    d = tmp_path_factory.mktemp("clips")
+    return Path(peer.make_clip(d / "main.h264", width=640, height=360, fps=FPS, seconds=6))
+
+
+@pytest.fixture
+def rtsp(clip: Path, tmp_path: Path) -> Iterator[Any]:
+    """The real GStreamer RTSP server looping the clip; killed after."""
+    server = peer.ServerProcess(["--h264", str(clip), "--fps", str(FPS)], tmp_path / "rtsp.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def rec_hub(demo_config: Path, tmp_path: Path, rtsp: Any) -> AsyncIterator[RunningHub]:
+    """The hub with one RTSP camera recorded in 2 s segments, clips 2 s before to 2 s
+    after."""
+    with_recording(demo_config, [rtsp_camera(rtsp.url())], segment_s=2, preroll_s=2,
+                   postroll_s=2, min_free_gb=0)
+    async with running_hub(demo_config, tmp_path / "data", with_worker=True) as hub:
+        yield hub
+
+
+# --- recording from the real RTSP server ------------------------------------------------
+
+
+async def test_records_rtsp_camera_into_segments_by_stream_copy(
+        rec_hub: RunningHub, clip: Path) -> None:
+    """A real RTSP camera is recorded into 2 s fMP4 segments, indexed with their times;
+    every file decodes, its length matches the index, and each sample is byte for byte an
+    access unit the camera sent (no re-encode)."""
+    async with httpx.AsyncClient(base_url=rec_hub.url) as c:
+        h = await login(c, "operator")
+
+        async def three_complete() -> list[dict[str, Any]] | None:
+            r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+            done = [i for i in r.json()["items"] if i["state"] == "complete"]
+            return done if len(done) >= 3 else None
+
+        items = await until(three_complete, 40, "three complete segments")
+        listing = (await c.get("/api/recordings", params={"camera": CAM}, headers=h)).json()
+        data_dir = rec_hub.state.settings.data_dir  # type: ignore[attr-defined]
+        sent = au_bodies(clip)
+        for it in items:
+            start, end = datetime.fromisoformat(it["start"]), datetime.fromisoformat(it["end"])
+            length = (end - start).total_seconds()
+            assert 1.5 <= length <= 3.5, it  # 2 s, cut at the next keyframe (1 s GOP)
+            assert (it["codec"], it["width"], it["height"]) == ("h264", 640, 360)
+            path = data_dir / "recordings" / CAM / start.strftime("%Y-%m-%d")
+            files = [p for p in path.glob("*.mp4") if p.stat().st_size == it["size"]]
+            assert files, it
+            frames, duration = decode_all(files[0])
+            assert abs(duration - length) < 0.3, (duration, length)
+            assert abs(frames - length * FPS) <= 2, (frames, length)
+            samples = samples_of(files[0])
+            assert len(samples) == frames
+            assert all(s in sent for s in samples)  # byte-identical to what was sent
+            r = await c.get(it["url"], headers=h)
+            assert r.status_code == 200 and r.content == files[0].read_bytes()
+        # Consecutive segments follow each other without missing time.
+        first, last = items[0]["start"], items[-1]["end"]
+        assert not [g for g in listing["gaps"] if first <= g["start"] <= last]
+        st = (await c.get("/api/recordings/status", headers=h)).json()
+        cam = next(x for x in st["cameras"] if x["camera"] == CAM)
+        assert cam["state"] == "recording" and cam["segments"] >= 3
+        # Recorded video is as sensitive as live video: not for department accounts.
+        dep = await login(c, "civil-affairs")
+        for url in ("/api/recordings", "/api/recordings/status", items[0]["url"]):
+            r = await c.get(url, headers=dep)
+            assert r.status_code == 403, (url, r.status_code)
+
+
+async def test_incident_clip_is_cut_locked_attached_and_served_with_ranges(
+        rec_hub: RunningHub) -> None:
+    """A detector incident locks its window and gets a clip of [t - 2 s, t + 2 s] (from the
+    keyframe before), a plain MP4 with moov before mdat, attached to the incident and
+    served with Range (206; 416 past the end)."""
+    hub = rec_hub
+    svc = service(hub)
+    async with httpx.AsyncClient(base_url=hub.url) as c:
+        h = await login(c, "operator")
+
+        async def recording() -> bool:
+            r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+            return any(i["state"] == "complete" for i in r.json()["items"])
+
+        await until(recording, 40, "a complete segment")
+        now = datetime.now(UTC)
+        await hub.state.bus.publish(IncidentCandidate(  # type: ignore[attr-defined]
+            event_id="ev-clip", phase="start", type="person_down", camera_id=CAM, at=now,
+            started_at=now, confidence=0.9, frame_size=(640, 360),
+            clip_start=now - timedelta(seconds=10), clip_end=now + timedelta(seconds=30)))
+
+        async def with_clip() -> dict[str, Any] | None:
+            r = await c.get("/api/incidents", headers=h)
+            items = [i for i in r.json()["items"] if i["camera_id"] == CAM]
+            return items[0] if items and items[0]["clip_url"] else None
+
+        inc = await until(with_clip, 30, "the incident's clip")
+        done_at = datetime.now(UTC)
+        assert (done_at - now).total_seconds() < 2 + 6  # post-roll, then within seconds
+        r = await c.get(inc["clip_url"], headers=h)
+        assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+        body = r.content
+        assert body[4:8] == b"ftyp"
+        assert 0 < body.find(b"moov") < body.find(b"mdat")  # faststart: plays at once
+        path = hub.state.settings.data_dir / "clips" / f"{inc['id']}.mp4"  # type: ignore[attr-defined]
+        frames, duration = decode_all(path)
+        assert 4.0 - 0.2 <= duration <= 4.0 + 1.0 + 0.2, duration  # the window, within a GOP
+        assert abs(frames - duration * FPS) <= 2
+        r = await c.get(inc["clip_url"], headers={**h, "Range": "bytes=0-99"})
+        assert r.status_code == 206 and len(r.content) == 100
+        assert r.headers["content-range"] == f"bytes 0-99/{len(body)}"
+        r = await c.get(inc["clip_url"], headers={**h, "Range": f"bytes={len(body) + 10}-"})
+        assert r.status_code == 416
+        locks = (await c.get(f"/api/incidents/{inc['id']}/evidence/locks", headers=h)).json()
+        assert [lk["camera"] for lk in locks] == [CAM] and locks[0]["released_at"] is None
+        # The window reaches 10 s (clip_start) + 2 s (pre-roll) back: what is recorded of it
+        # is locked, and so is what is written later inside it.
+        listing = (await c.get("/api/recordings", params={"camera": CAM}, headers=h)).json()
+        assert all(inc["id"] in i["locked_by"] for i in listing["items"]
+                   if i["end"] >= iso(now.timestamp() - 12) and i["state"] != "recording")
+        assert svc.clips_made == 1
+
+
+# --- crash and repair -----------------------------------------------------------------
+
+
+def test_killed_hub_leaves_a_segment_repaired_on_restart(
+        demo_config: Path, tmp_path: Path, rtsp: Any) -> None:
+    """A hub killed (SIGKILL) mid-segment, with a torn fragment at the end of the file,
+    repairs it at the next start: cut back to its last complete fragment, marked
+    repaired, decodable to its end; the listing still works."""
+    config = with_recording(demo_config, [rtsp_camera(rtsp.url())], segment_s=30,
+                            min_free_gb=0)
+    data = tmp_path / "data"
+    hub = HubProcess(config, data, tmp_path / "hub.log")
+    hub.start()
+    try:
+        token = hub.token("operator")
+        auth = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 60
+        seg: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            items = httpx.get(f"{hub.url}/api/recordings", params={"camera": CAM},
+                              headers=auth).json()["items"]
+            live = [i for i in items if i["state"] == "recording"]
+            if live and (datetime.fromisoformat(live[0]["end"])
+                         - datetime.fromisoformat(live[0]["start"])).total_seconds() > 3:
+                seg = live[0]
+                break
+            time.sleep(0.2)
+        assert seg is not None, "no segment being recorded"
+        hub.kill()
+    finally:
+        hub.stop()
+    path = next((data / "recordings" / CAM).glob("*/*.mp4"))
+    whole = path.stat().st_size
+    with path.open("ab") as f:  # a fragment torn by the crash: header written, body not
+        f.write(struct.pack(">I4s", 50_000, b"moof") + b"\x00" * 40)
+    hub2 = HubProcess(config, data, tmp_path / "hub2.log")
+    hub2.start()
+    try:
+        auth = {"Authorization": f"Bearer {hub2.token('operator')}"}
+        r = httpx.get(f"{hub2.url}/api/recordings", params={"camera": CAM}, headers=auth)
+        assert r.status_code == 200
+        fixed = next(i for i in r.json()["items"] if i["id"] == seg["id"])
+        assert fixed["state"] == "repaired" and fixed["size"] == path.stat().st_size == whole
+        assert fixed["end"] > fixed["start"] and "cut 48 bytes" in fixed["note"]
+        frames, duration = decode_all(path)
+        length = (datetime.fromisoformat(fixed["end"])
+                  - datetime.fromisoformat(fixed["start"])).total_seconds()
+        assert frames >= 3 * FPS and abs(duration - length) < 0.3
+    finally:
+        hub2.stop()
+
+
+class _FakeSource(Source):
+    """A source fed by the test itself (packets of a real clip, as the RTSP source puts
+    them): no thread of its own."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pass
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.closed: list[Segment] = []
+        self.statuses: list[RecorderStatus] = []
+
+    def segment_opened(self, seg: Segment) -> None:
+        pass
+
+    def segment_progress(self, seg: Segment) -> None:
+        pass
+
+    def segment_closed(self, seg: Segment) -> None:
+        self.closed.append(seg)
+
+    def status_changed(self, status: RecorderStatus) -> None:
+        self.statuses.append(status)
+
+
+def record_clip(clip: Path, data: Path, *, segment_s: float = 60.0, t0: float | None = None
+                ) -> list[Segment]:
+    """Record the clip's access units as the RTSP source hands them over (Annex B, 90 kHz
+    timestamps, wall times 1/15 s apart from ``t0``)."""
+    src, sink = _FakeSource("cam1"), _Sink()
+    rec = Recorder(src, data, sink, segment_s=segment_s)
+    rec.start()
+    src.packets.set_info(StreamInfo("h264", 640, 360, Fraction(1, 90000), None, FPS))
+    t0 = time.time() if t0 is None else t0
+    for i, au in enumerate(peer.access_units(clip.read_bytes())):
+        ts = i * 90000 // FPS
+        src.packets.put(VideoPacket(au, ts, ts, peer.is_idr(au), time.monotonic(),
+                                    t0 + i / FPS))
+    rec.stop()
+    return sink.closed
+
+
+def test_repair_cuts_a_torn_segment_and_marks_unusable_files_damaged(
+        clip: Path, tmp_path: Path) -> None:
+    """A segment cut in the middle of a fragment is cut back to the last complete one and
+    plays to its end; a file with only its header, or no MP4 at all, is damaged (and kept)."""
+    seg = record_clip(clip, tmp_path)[0]
+    s = scan(seg.path)
+    assert len(s.fragments) == 6 and s.duration_s == pytest.approx(6.0, abs=0.01)
+    torn = s.fragments[-1].data_offset + 1000  # inside the last fragment's mdat
+    with seg.path.open("r+b") as f:
+        f.truncate(torn)
+    r = repair(seg.path)
+    assert r.state == "repaired" and r.size == s.fragments[-2].end == seg.path.stat().st_size
+    assert r.end == pytest.approx(seg.start + 5.0, abs=0.01)
+    assert decode_all(seg.path)[0] == 5 * FPS
+    assert repair(seg.path).state == "complete"  # idempotent
+    header_only = tmp_path / "header.mp4"
+    header_only.write_bytes(seg.path.read_bytes()[:s.fragments[0].data_offset - 200])
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(5000))
+    for p in (header_only, junk):
+        before = p.read_bytes()
+        assert repair(p).state == "damaged" and p.read_bytes() == before
+
+
+def test_clip_cut_across_segments_is_fast_and_starts_on_a_keyframe(
+        clip: Path, tmp_path: Path) -> None:
+    """A clip spanning several segments starts on the keyframe at or before its window,
+    has continuous timestamps and decodes completely."""
+    t0 = 1_800_000_000.0
+    segs = record_clip(clip, tmp_path, segment_s=2, t0=t0)
+    assert len(segs) == 3
+    out = tmp_path / "clip.mp4"
+    started = time.perf_counter()
+    c = cut_clip([s.path for s in segs], t0 + 1.5, t0 + 4.5, out)
+    elapsed = time.perf_counter() - started
+    assert c.start == pytest.approx(t0 + 1.0, abs=1e-3)  # the keyframe before 1.5 s
+    assert c.duration_s == pytest.approx(3.6, abs=0.07)
+    frames, duration = decode_all(out)
+    assert frames == c.samples and duration == pytest.approx(c.duration_s, abs=0.05)
+    assert elapsed < 1.0
+
+
+# --- retention and evidence locks ------------------------------------------------------
+
+
+async def test_retention_by_age_and_quota_skips_locks_until_a_reviewer_unlocks(
+        demo_config: Path, tmp_path: Path) -> None:
+    """Age and quota delete the oldest segments first, never a locked one or the one being
+    written; only a reviewer may unlock (403 otherwise), the unlock is in the timeline
+    with who and why, and retention then deletes what was locked."""
+    config = with_recording(demo_config, None, retain_days=7, quota_gb=2.5e-6)
+    async with running_hub(config, tmp_path / "data") as hub:
+        svc = service(hub)
+        store = hub.state.store  # type: ignore[attr-defined]
+        data = hub.state.settings.data_dir  # type: ignore[attr-defined]
+        now = time.time()
+        old = now - 10 * 86400
+        rows = {"o1": (old, "complete"), "o2": (old + 60, "complete"),
+                "o3": (old + 120, "complete"), "r1": (now - 3 * 3600, "complete"),
+                "r2": (now - 2 * 3600, "repaired"), "r3": (now - 3600, "complete"),
+                "r4": (now - 30, "recording")}
+        for name, (start, state) in rows.items():
+            rel = f"recordings/cam-x/day/{name}.mp4"
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            (data / rel).write_bytes(b"x" * 1000)
+            await svc.index.add("cam-x", rel, start, end=start + 60, size=1000, state=state)
+        at = datetime.now(UTC)
+        inc = Incident(id="inc_lock", type="person_down", state="new", severity="orange",
+                       camera_id="cam-x", created_at=at, updated_at=at, started_at=at,
+                       last_seen_at=at)
+        await store.insert(inc, event_id=None, entry={
+            "at": at, "actor": "detector:cam-x", "action": "created", "from_state": None,
+            "to_state": "new", "detail": {}})
+        assert await svc.index.lock(inc.id, "cam-x", old + 70, old + 80)  # inside o2
+
+        deleted = await svc.retention(now)
+        assert deleted == [f"recordings/cam-x/day/{n}.mp4" for n in ("o1", "o3", "r1", "r2",
+                                                                      "r3")]
+        left = {r.path.rsplit("/", 1)[1]: r for r in await svc.index.query(camera="cam-x")}
+        assert sorted(left) == ["o2.mp4", "r4.mp4"] and left["o2.mp4"].locked_by == [inc.id]
+        assert sorted(p.name for p in (data / "recordings/cam-x/day").iterdir()) == \
+            ["o2.mp4", "r4.mp4"]
+
+        async with httpx.AsyncClient(base_url=hub.url) as c:
+            url = f"/api/incidents/{inc.id}/evidence/unlock"
+            r = await c.post(url, json={"reason": "x"}, headers=await login(c, "operator"))
+            assert r.status_code == 403
+            reviewer = await login(c, "reviewer")
+            r = await c.post(url, json={"reason": "case closed, no proceedings"},
+                             headers=reviewer)
+            assert r.status_code == 200, r.text
+            tl = (await c.get(f"/api/incidents/{inc.id}", headers=reviewer)).json()["timeline"]
+            assert (tl[-1]["action"], tl[-1]["actor"], tl[-1]["detail"]["reason"]) == \
+                ("evidence_unlock", "reviewer", "case closed, no proceedings")
+            assert (await c.post(url, json={"reason": "again"}, headers=reviewer)
+                    ).status_code == 409
+        locks = await svc.index.locks(inc.id)
+        assert locks[0]["released_by"] == "reviewer"
+        assert await svc.retention(now) == ["recordings/cam-x/day/o2.mp4"]
+        assert [r.path for r in await svc.index.query(camera="cam-x")] == \
+            ["recordings/cam-x/day/r4.mp4"]
+
+
+# --- a full disk -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_full_disk_pauses_recording_with_an_alert_and_resumes(
+        demo_config: Path, tmp_path: Path, rtsp: Any, tiny_disk: Path) -> None:
+    """When the disk fills up, recording pauses (bus alert, status with the reason) while
+    the hub keeps answering; once space is back it resumes by itself."""
+    config = with_recording(demo_config, [rtsp_camera(rtsp.url())], segment_s=2,
+                            min_free_gb=0)
+    async with running_hub(config, tiny_disk / "data", with_worker=True,
+                           database_url=str(tmp_path / "store.sqlite3")) as hub:
+        bus = hub.state.bus  # type: ignore[attr-defined]
+        async with bus.listen(RecordingStatus) as events, \
+                httpx.AsyncClient(base_url=hub.url) as c:
+            h = await login(c, "operator")
+
+            async def recording() -> bool:
+                r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+                return bool(r.json()["items"])
+
+            await until(recording, 40, "recording to start")
+            filler = tiny_disk / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill it to the last byte
+            for chunk in (1 << 20, 4096, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * chunk)
+                except OSError:
+                    pass
+            os.close(fd)
+
+            async def next_event() -> RecordingStatus:
+                return await anext(events)
+
+            async with asyncio.timeout(30):
+                ev = await next_event()
+            assert (ev.kind, ev.camera_id) == ("recording.paused", CAM)
+            assert ev.reason and "disk full" in ev.reason
+            r = await c.get("/api/recordings/status", headers=h)
+            cam = next(x for x in r.json()["cameras"] if x["camera"] == CAM)
+            assert cam["state"] == "paused" and "disk full" in cam["reason"]
+            health = (await c.get("/api/health")).json()
+            assert health["components"]["recording"]["paused"] == [CAM]
+            listed = (await c.get("/api/recordings", params={"camera": CAM}, headers=h))
+            assert listed.status_code == 200
+            before = len(listed.json()["items"])
+            filler.unlink()
+            async with asyncio.timeout(30):
+                ev = await next_event()
+            assert (ev.kind, ev.camera_id) == ("recording.resumed", CAM)
+
+            async def new_segment() -> bool:
+                r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+                return len(r.json()["items"]) > before
+
+            await until(new_segment, 30, "a new segment after resuming")
+            for it in (await c.get("/api/recordings", params={"camera": CAM},
+                                   headers=h)).json()["items"]:
+                if it["state"] == "complete":  # what was written before the disk filled
+                    path = tiny_disk / "data" / "recordings" / CAM
+                    assert any(p.stat().st_size == it["size"] for p in path.glob("*/*.mp4"))
+
