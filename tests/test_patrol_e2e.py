@@ -10,6 +10,7 @@ machine has no camera and no GPS receiver."""
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -299,6 +300,25 @@ async def test_patrol_unit_reaches_worker_units_map_and_wall(
         assert r.json()["components"]["detector"]["status"] == "ok", r.json()
         u = await unit()
         assert u["grid"]["id"] == G02  # the last fix stays known after the video ends
+
+        # 5. The patrol video was recorded from that same single encode (stream copy into
+        # segments): after Stop its segments are closed, indexed and decodable.
+        async def recorded() -> list[dict[str, Any]]:
+            resp = await c.get("/api/recordings", params={"camera": UNIT}, headers=op)
+            assert resp.status_code == 200, resp.text
+            return [i for i in resp.json()["items"] if i["state"] != "recording"]
+
+        segs = await poll(recorded, lambda items: bool(items), 30,
+                          "patrol-01's recorded segments closed after Stop")
+        assert all((i["codec"], i["width"], i["height"]) == ("h264", 1280, 720)
+                   for i in segs), segs
+        resp = await c.get(segs[0]["url"], headers=op)
+        assert resp.status_code == 200 and resp.content[4:8] == b"ftyp"
+        import av
+
+        with av.open(io.BytesIO(resp.content)) as container:
+            frames = sum(1 for _ in container.decode(video=0))
+        assert frames >= 10, f"only {frames} frames decoded from the recording"
 
         await ctx_a.close()
         await ctx_b.close()
