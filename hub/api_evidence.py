@@ -25,7 +25,6 @@ from hub.app import HubState
 from hub.evidence import (
     CHUNK,
     FINGERPRINT_OF,
-    FORMAT,
     SIGNATURE_ENCODING,
     EvidenceService,
     bundle_name,
@@ -36,6 +35,7 @@ from hub.evidence import (
     timeline_rows,
     write_bundle,
 )
+from hub.evidence_verify import FORMAT
 
 log = logging.getLogger(__name__)
 router = APIRouter()

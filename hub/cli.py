@@ -14,13 +14,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from fastapi import FastAPI
 
-from hub.config import ConfigError, Site, load_config, resolve_passwords
-from hub.settings import Settings
+if TYPE_CHECKING:  # imported where used, so that light commands (verify) start quickly
+    from fastapi import FastAPI
+
+    from hub.config import Site
+    from hub.settings import Settings
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -36,6 +38,8 @@ def _fail(lines: list[str], code: int = 2) -> NoReturn:
 
 
 def _load(config: Path, *, check_passwords: bool = True) -> Site:
+    from hub.config import ConfigError, load_config, resolve_passwords
+
     try:
         site = load_config(config)
         if check_passwords:
@@ -178,6 +182,7 @@ def run(
     _logging(log_level)
     site = _load(config)
     try:  # bad ICE settings are a configuration error (exit 2), checked before the model
+        from hub.settings import Settings
         from ingest.webrtc import IceSettings
 
         env = Settings.from_env(config, data)
@@ -202,6 +207,8 @@ def run(
     if (ssl_certfile is None) != (ssl_keyfile is None):
         _fail(["give both --ssl-certfile and --ssl-keyfile, or neither"])
     try:
+        from hub.settings import Settings
+
         settings = Settings.from_env(config, data, host=host, port=port, with_worker=worker)
     except ValueError as err:
         _fail([f"environment: {err}"])

@@ -59,19 +59,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy.engine import Connection
 
 from hub import schema as t
+from hub.chain import GENESIS
+from hub.evidence_verify import MANIFEST, PUBLIC_KEY, SIGNATURE, fingerprint
 from hub.models import Incident, User
-from hub.store import GENESIS, Store
+from hub.store import Store
 
 if TYPE_CHECKING:
     from hub.app import HubState
 
 log = logging.getLogger(__name__)
 
-FORMAT = "gridhub-evidence/1"
 KEY_FILE = "evidence-signing-key.pem"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-PUBLIC_KEY = "public_key.pem"
 SIGNATURE_ENCODING = "raw 64-byte Ed25519 signature over the exact bytes of manifest.json"
 FINGERPRINT_OF = "SHA-256 (hex) of the raw 32-byte Ed25519 public key"
 CHUNK = 1 << 20
@@ -89,12 +87,6 @@ class EvidenceKeyError(EvidenceError):
 
 
 # --- the signing key ---------------------------------------------------------------------
-
-
-def fingerprint(key: Ed25519PublicKey) -> str:
-    """SHA-256 (hex) of the raw 32-byte public key."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:

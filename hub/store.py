@@ -21,7 +21,6 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -39,12 +38,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hub import schema as t
+from hub.chain import GENESIS, entry_hash
 from hub.models import Incident, TimelineEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The frame behind a snapshot: JPEG without overlay, its detections, the event's box in it.
 Frame = tuple[bytes, list[dict[str, Any]], Any]
@@ -60,14 +59,6 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The incident is not in the state (or version) the caller expected."""
-
-
-def entry_hash(prev_hash: str, incident_id: str, entry: dict[str, Any]) -> str:
-    """Hash chaining one timeline entry to the one before it."""
-    body = json.dumps(
-        {"incident": incident_id, **entry}, sort_keys=True, separators=(",", ":"), default=str
-    )
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
 def database_url(where: str | Path) -> str:
