@@ -18,6 +18,7 @@ PAGES = {
     "/map": "map.html",  # grids and patrol units
     "/patrol": "patrol.html",  # a patrol tablet: publish video (WHIP) and GPS; its dispatches
     "/report": "report.html",  # grid staff's phone: report a problem with a photo and position
+    "/replay": "replay.html",  # recorded video of 1-4 cameras around an incident, in sync
 }
 
 

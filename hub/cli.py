@@ -61,6 +61,7 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
     from detectors.worker import Worker
     from hub.api_evidence import mount_evidence
     from hub.api_recordings import mount_recordings
+    from hub.api_replay import make_replay_mount
     from hub.api_units import mount_units
     from hub.api_wall import mount_wall_api
     from hub.app import HubState, Service, create_app
@@ -71,6 +72,7 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
     from ingest.live import LiveHub
     from ingest.live_http import make_live_router
     from ingest.recorder import RecorderPool
+    from ingest.replay import cut_window
     from ingest.segments import cut_clip, repair
     from ingest.whip_http import make_whip_router
 
@@ -137,7 +139,7 @@ def build_app(settings: Settings, site: Site, backend: Any = None) -> FastAPI:
     return create_app(
         settings, site, services=services,
         routers=[mount_console, mount_units, mount_wall_api, mount_evidence, mount_recordings,
-                 mount_ingest],
+                 make_replay_mount(cut_window), mount_ingest],
     )
 
 

@@ -6,7 +6,8 @@ WHIP patrol streams (``whip`` sans-I/O, ``webrtc`` aiortc, ``whip_http`` endpoin
 gives the latest decoded frame to detection and its encoded H.264 packets to a
 ``PacketRing``, from which the live wall muxes fragmented MP4 once per source (``live``,
 ``live_http``) and the recorder writes fMP4 segments by stream copy (``recorder``;
-``segments`` repairs them and cuts incident clips). A source never raises into its
+``segments`` repairs them and cuts incident clips; ``replay`` cuts replay windows with
+their media-to-wall-clock map). A source never raises into its
 owner: it goes offline with a reason and retries.
 """
 

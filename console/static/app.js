@@ -868,6 +868,11 @@ function renderFields(inc) {
     inc.reports > 1 ? ["detail.reports", String(inc.reports)] : null,
     inc.people ? ["detail.people", String(inc.people)] : null,
     manual ? null : ["detail.camera", [inc.camera_name, inc.camera_id && inc.camera_name ? `(${inc.camera_id})` : inc.camera_id].filter(Boolean).join(" ")],
+    // The recorded video around the incident (its camera and the nearby ones): /replay;
+    // not for department and patrol accounts (recordings are for the command center).
+    S.user && ["department", "patrol"].includes(S.user.role) ? null : ["detail.replay", h("a", {
+      id: "replay-link", class: "replay-link", href: `/replay?incident=${encodeURIComponent(inc.id)}`,
+      target: "_blank", rel: "opener", text: t("detail.replay.open") })],
     ["detail.grid", [inc.grid_name, inc.grid_id && inc.grid_name ? `(${inc.grid_id})` : inc.grid_id].filter(Boolean).join(" ")],
     ["detail.queue", inc.queue_grid_name || inc.queue_grid],
     pos ? ["detail.position", pos] : null,
