@@ -4,7 +4,10 @@
   first, each with its evidence locks; ``gaps`` lists the missing time between them.
 * ``GET /api/recordings/{id}/file``: the segment (fragmented MP4), with HTTP Range.
 * ``GET /api/recordings/status``: per source recording/paused (and why), disk, quota.
-* ``GET /api/incidents/{id}/clip``: the incident's clip (MP4, moov first), with Range.
+* ``GET /api/incidents/{id}/clip``: the incident's clip (MP4, moov first), with Range; a
+  bearer token or the signature from ``GET /api/incidents/{id}/clip/link`` (a ``<video>``
+  element cannot send a bearer token: the URL is signed for the user, as the replay
+  videos of ``hub.api_replay`` are, valid ``CLIP_URL_TTL_S``).
 * ``GET /api/incidents/{id}/evidence/locks`` and ``POST .../evidence/unlock`` (reviewer:
   releases the incident's locks, with a reason in the timeline).
 
@@ -15,21 +18,29 @@ a satisfiable range, 416 (with ``Content-Range: bytes */size``) for one past the
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import hashlib
+import hmac
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.api import Me, St, _act, _get_visible
+from hub.api import Me, St, _act, _get_visible, bearer
 from hub.app import HubState
+from hub.auth import AuthError, load_secret
 from hub.models import Incident, User
 from hub.recordings import RecordingService
 
 router = APIRouter()
 
 GAP_TOLERANCE_S = 1.0  # less missing time than this between segments is not a gap
+CLIP_URL_TTL_S = 6 * 3600  # a signed clip URL is valid this long (as replay URLs)
 
 
 class RecordingOut(BaseModel):
@@ -56,6 +67,12 @@ class Gap(BaseModel):
 class RecordingList(BaseModel):
     items: list[RecordingOut]
     gaps: list[Gap] = Field(description="Missing time between consecutive segments.")
+
+
+class ClipLink(BaseModel):
+    url: str = Field(description="The clip, signed for this user (no bearer token needed; "
+                                 "Range).")
+    expires_at: datetime = Field(description="When the signature expires.")
 
 
 class UnlockBody(BaseModel):
@@ -135,21 +152,89 @@ async def recording_file(state: St, user: Me, recording_id: int) -> FileResponse
                         content_disposition_type="inline")
 
 
+# --- signed clip URLs (the mechanism of hub.api_replay) ------------------------------------
+
+
+def _clip_url_key(request: Request, state: HubState) -> bytes:
+    """Derived from the token signing key (shared by hubs), apart from the replay URLs' key:
+    a replay signature is no clip signature."""
+    key: bytes | None = getattr(request.app.state, "clip_url_key", None)
+    if key is None:
+        secret = load_secret(state.settings.data_dir)
+        key = hashlib.sha256(b"gridhub clip url\0" + secret.encode()).digest()
+        request.app.state.clip_url_key = key
+    return key
+
+
+def sign_clip(key: bytes, user: str, incident_id: str, exp: int) -> str:
+    """The signature of ``user``'s URL of the incident's clip, valid until ``exp``."""
+    msg = f"clip\n{user}\n{incident_id}\n{exp}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+async def _clip_viewer(state: St, request: Request, incident_id: str,
+                       token: Annotated[str | None, Depends(bearer)],
+                       u: Annotated[str | None, Query(description="Signed URL: the user.")] = None,
+                       exp: Annotated[int | None, Query(description="Signed URL: expiry.")] = None,
+                       sig: Annotated[str | None, Query(description="Signed URL: HMAC.")] = None,
+                       ) -> User:
+    """The user: from the bearer token, or from a URL signed by ``/clip/link``."""
+    if token:
+        try:
+            return state.accounts.verify(token)
+        except AuthError as err:
+            raise HTTPException(401, str(err), headers={"WWW-Authenticate": "Bearer"}) from err
+    if u and exp is not None and sig:
+        found = state.accounts.user(u)
+        want = sign_clip(_clip_url_key(request, state), u, incident_id, exp)
+        if found is not None and exp >= time.time() and hmac.compare_digest(sig, want):
+            return found  # what the account may see now is checked by the caller
+        raise HTTPException(401, "the clip link is invalid or has expired")
+    raise HTTPException(401, "not authenticated: send a bearer token",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _clip_path(state: HubState, inc: Incident) -> Path:
+    svc = _service(state)
+    row = await svc.index.clip(inc.id)
+    if row is None:
+        raise HTTPException(404, "this incident has no clip (yet)")
+    path: Path = svc.data_dir / str(row["path"])
+    if not await asyncio.to_thread(path.is_file):
+        raise HTTPException(404, "this incident has no clip (yet)")
+    return path
+
+
 @router.get("/api/incidents/{incident_id}/clip", tags=["recordings"],
             response_class=FileResponse,
             responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "a range"},
+                       401: {"description": "no token, or a bad or expired signature"},
                        404: {"description": "no such incident, or no clip yet"},
                        416: {"description": "range not satisfiable"}})
-async def incident_clip(state: St, user: Me, incident_id: str) -> FileResponse:
-    """The incident's video clip (plain MP4, moov first: plays while it downloads)."""
-    inc = await _get_visible(state, user, incident_id)
-    svc = _service(state)
-    row = await svc.index.clip(inc.id)
-    path = svc.data_dir / row["path"] if row else None
-    if path is None or not path.is_file():
-        raise HTTPException(404, "this incident has no clip (yet)")
+async def incident_clip(state: St, incident_id: str,
+                        viewer: Annotated[User, Depends(_clip_viewer)]) -> FileResponse:
+    """The incident's video clip (plain MP4, moov first: plays while it downloads), with a
+    bearer token or the signature from ``/clip/link``."""
+    inc = await _get_visible(state, viewer, incident_id)
+    path = await _clip_path(state, inc)
     return FileResponse(path, media_type="video/mp4", filename=f"{inc.id}.mp4",
                         content_disposition_type="inline")
+
+
+@router.get("/api/incidents/{incident_id}/clip/link", response_model=ClipLink,
+            tags=["recordings"],
+            responses={404: {"description": "no such incident, or no clip yet"}})
+async def incident_clip_link(state: St, user: Me, request: Request,
+                             incident_id: str) -> ClipLink:
+    """The clip's URL signed for this user, for a ``<video>`` element (which cannot send
+    a bearer token); valid 6 hours. Who may fetch it is checked again at each request."""
+    inc = await _get_visible(state, user, incident_id)
+    await _clip_path(state, inc)
+    exp = int(time.time()) + CLIP_URL_TTL_S
+    sig = sign_clip(_clip_url_key(request, state), user.username, inc.id, exp)
+    query = urlencode({"u": user.username, "exp": exp, "sig": sig})
+    return ClipLink(url=f"/api/incidents/{quote(inc.id, safe='')}/clip?{query}",
+                    expires_at=datetime.fromtimestamp(exp, UTC))
 
 
 @router.get("/api/incidents/{incident_id}/evidence/locks", tags=["recordings"])

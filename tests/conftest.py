@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"
@@ -91,6 +92,23 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     await b.start()
     yield b
     await b.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[object]:
+    """Debian's chromium (never a downloaded browser) for async Playwright tests, with a
+    fresh temporary profile; one per test module (some modules define their own)."""
+    from playwright.async_api import async_playwright
+
+    from tests.test_browser import CHROMIUM_ARGS
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("Debian chromium is not installed (make test installs it)")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
 
 
 class RunningHub:

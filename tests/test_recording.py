@@ -5,89 +5,42 @@ locks, incident clips and a full disk: against the real GStreamer RTSP server, t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import av
 import httpx
 import pytest
-import yaml
 from conftest import HubProcess, RunningHub, running_hub
 
+from hub.api_recordings import sign_clip
 from hub.bus import IncidentCandidate
 from hub.bus.messages import RecordingStatus
 from hub.models import Incident
-from hub.recordings import RecordingService, iso
+from hub.recordings import iso
 from ingest.fmp4 import split_lengths
 from ingest.packets import StreamInfo, VideoPacket
 from ingest.recorder import Recorder, RecorderStatus, Segment
 from ingest.segments import cut_clip, repair, scan
 from ingest.source import Source
+from tests.recording_helpers import (
+    CAM,
+    login,
+    peer,
+    rtsp_camera,
+    service,
+    until,
+    with_recording,
+)
 
-PEER = Path(__file__).parent / "peers" / "rtsp_server.py"
 FPS = 15
-CAM = "cam-rtsp"
-
-
-def _load_peer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rtsp_server_peer_rec", PEER)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-peer = _load_peer()
-
-
-async def until(pred: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
-    """Wait for ``pred()`` to return something truthy (checked every 100 ms)."""
-    try:
-        async with asyncio.timeout(within_s):
-            while True:
-                got = await pred()
-                if got:
-                    return got
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"timed out after {within_s} s waiting for {what}")
-
-
-async def login(c: httpx.AsyncClient, user: str) -> dict[str, str]:
-    r = await c.post("/api/auth/token", data={"username": user, "password": "demo"})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-def service(hub: RunningHub) -> RecordingService:
-    return next(s for s in hub.state.services  # type: ignore[attr-defined]
-                if isinstance(s, RecordingService))
-
-
-def with_recording(config: Path, cameras: list[dict[str, Any]] | None, **rec: Any) -> Path:
-    """The config folder with ``cameras`` (None: unchanged) and recording settings."""
-    if cameras is not None:
-        (config / "cameras.yaml").write_text(yaml.safe_dump({"cameras": cameras}),
-                                             encoding="utf-8")
-    rules = yaml.safe_load((config / "rules.yaml").read_text(encoding="utf-8"))
-    rules["recording"] = {**rules.get("recording", {}), **rec}
-    (config / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True),
-                                       encoding="utf-8")
-    return config
-
-
-def rtsp_camera(url: str) -> dict[str, Any]:
-    return {"id": CAM, "name": "RTSP", "grid": "zz-jinshui-jingba-c1-g01",
-            "position": [113.6675, 34.7675], "source": {"type": "rtsp", "url": url}}
 
 
 def au_bodies(clip: Path) -> set[tuple[bytes, ...]]:
@@ -239,6 +192,28 @@ async def test_incident_clip_is_cut_locked_attached_and_served_with_ranges(
         assert r.headers["content-range"] == f"bytes 0-99/{len(body)}"
         r = await c.get(inc["clip_url"], headers={**h, "Range": f"bytes={len(body) + 10}-"})
         assert r.status_code == 416
+        # A <video> element cannot send the token: /clip/link signs the clip's URL for the
+        # user (Range without a token); altered, another user's or expired, it is refused.
+        iid = inc["id"]
+        link = (await c.get(f"/api/incidents/{iid}/clip/link", headers=h)).json()
+        assert link["url"].startswith(f"/api/incidents/{iid}/clip?")
+        r = await c.get(link["url"], headers={"Range": "bytes=100-199"})
+        assert r.status_code == 206 and r.content == body[100:200]
+        assert (await c.get(link["url"].replace("sig=", "sig=0"))).status_code == 401
+        assert (await c.get(link["url"].replace("u=operator", "u=reviewer"))).status_code == 401
+        assert (await c.get(inc["clip_url"])).status_code == 401  # neither token nor signature
+        key = hub.app.state.clip_url_key  # type: ignore[attr-defined]
+        old = int(time.time()) - 1
+        r = await c.get(inc["clip_url"], params={
+            "u": "operator", "exp": old, "sig": sign_clip(key, "operator", iid, old)})
+        assert r.status_code == 401
+        # Visibility is checked when the clip is fetched: not a department's case, not its clip.
+        dep = await login(c, "civil-affairs")
+        assert (await c.get(f"/api/incidents/{iid}/clip/link", headers=dep)).status_code == 404
+        soon = int(time.time()) + 60
+        r = await c.get(inc["clip_url"], params={
+            "u": "civil-affairs", "exp": soon, "sig": sign_clip(key, "civil-affairs", iid, soon)})
+        assert r.status_code == 404
         locks = (await c.get(f"/api/incidents/{inc['id']}/evidence/locks", headers=h)).json()
         assert [lk["camera"] for lk in locks] == [CAM] and locks[0]["released_at"] is None
         # The window reaches 10 s (clip_start) + 2 s (pre-roll) back: what is recorded of it

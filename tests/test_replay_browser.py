@@ -29,7 +29,6 @@ from hub.bus import IncidentCandidate
 from hub.recordings import RecordingService
 from ingest.replay import cut_window
 from tests.conftest import DEMO, RunningHub, running_hub
-from tests.test_browser import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -168,20 +167,6 @@ async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene
     finally:
         for s in servers:
             s.kill()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[Any]:
-    """Debian's chromium (never a downloaded browser), with a fresh temporary profile."""
-    from playwright.async_api import async_playwright
-
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.fail("Debian chromium is not installed (make test installs it)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 async def open_replay(chromium: Any, scene: Scene, query: str,

@@ -76,6 +76,7 @@ const S = {
   detailTimer: 0,
   snapshot: { key: null, url: null, seq: 0, status: "none" },
   action: { busy: null, error: null, info: null },
+  evidence: null, // the evidence card of the selected incident (see evidenceState)
   session: null, // AbortController of the current login session
   ws: null,
   wsGen: 0,
@@ -330,6 +331,7 @@ function endSession() {
   S.token = null;
   writeToken(null);
   S.user = null;
+  S.evidence = null;
   stopWS();
   S.incidents.clear();
   S.listLoaded = false;
@@ -766,6 +768,7 @@ function renderDetail() {
   renderSnapshot(inc);
   renderFields(inc);
   renderActions(inc);
+  renderEvidence(inc);
   renderTimeline(inc);
 }
 
@@ -790,6 +793,7 @@ function buildDetailSkeleton(body) {
             h("div", { class: "snap-status muted" }),
           ),
         ),
+        evidenceCard(),
         h("section", { class: "card" },
           h("h3", { "data-i18n": "detail.fields", text: t("detail.fields") }),
           h("dl", { id: "detail-fields", class: "fields" }),
@@ -868,11 +872,6 @@ function renderFields(inc) {
     inc.reports > 1 ? ["detail.reports", String(inc.reports)] : null,
     inc.people ? ["detail.people", String(inc.people)] : null,
     manual ? null : ["detail.camera", [inc.camera_name, inc.camera_id && inc.camera_name ? `(${inc.camera_id})` : inc.camera_id].filter(Boolean).join(" ")],
-    // The recorded video around the incident (its camera and the nearby ones): /replay;
-    // not for department and patrol accounts (recordings are for the command center).
-    S.user && ["department", "patrol"].includes(S.user.role) ? null : ["detail.replay", h("a", {
-      id: "replay-link", class: "replay-link", href: `/replay?incident=${encodeURIComponent(inc.id)}`,
-      target: "_blank", rel: "opener", text: t("detail.replay.open") })],
     ["detail.grid", [inc.grid_name, inc.grid_id && inc.grid_name ? `(${inc.grid_id})` : inc.grid_id].filter(Boolean).join(" ")],
     ["detail.queue", inc.queue_grid_name || inc.queue_grid],
     pos ? ["detail.position", pos] : null,
@@ -1390,6 +1389,286 @@ function timelineDetail(detail) {
       h("span", { class: "tl-v", text })));
   }
   return parts.length ? h("div", { class: "tl-detail" }, parts) : null;
+}
+
+// --- evidence: clip, locks, export and unlock ----------------------------------
+// Everyone who sees a case sees its clip (a department its own case's, as the API allows);
+// the recordings around it (replay) and the evidence locks are for the command center, as
+// GET /api/recordings: not for department and patrol accounts. Export and unlock: reviewer
+// and admin.
+const NO_RECORDINGS = new Set(["department", "patrol"]);
+const EVIDENCE_ROLES = new Set(["reviewer", "admin"]);
+const CLIP_RELINK_MS = 5 * 60 * 1000; // a failed clip whose link is older than this gets a new link
+
+const mayWatch = () => !!S.user && !NO_RECORDINGS.has(S.user.role);
+const mayHandleEvidence = () => !!S.user && EVIDENCE_ROLES.has(S.user.role);
+
+/** The card's state, for the selected incident only (reset when the selection changes). */
+function evidenceState(id) {
+  if (!S.evidence || S.evidence.id !== id) {
+    S.evidence = {
+      id, clipKey: null, clipUrl: null, clipAt: 0, clipStatus: "none", clipSeq: 0,
+      locksKey: null, locks: null, locksError: null, locksSeq: 0,
+      busy: null, error: null, info: null, result: null,
+    };
+  }
+  return S.evidence;
+}
+
+function evidenceCard() {
+  const reasonField = (id, key) => h("label", { class: "field evidence-reason" },
+    h("span", { "data-i18n": key, text: t(key) }),
+    h("textarea", { id, rows: "2", maxlength: "2000", required: true }));
+  return h("section", { id: "evidence-card", class: "card evidence-card", hidden: true },
+    h("h3", { "data-i18n": "evidence.title", text: t("evidence.title") }),
+    h("div", { id: "evidence-clip", class: "evidence-clip", dataset: { state: "none" } },
+      h("video", { id: "evidence-video", controls: true, preload: "metadata", playsinline: true, hidden: true,
+        onerror: onClipError }),
+      h("p", { class: "evidence-clip-status muted small" })),
+    h("p", { class: "evidence-replay" }, h("a", {
+      id: "replay-link", class: "replay-link", target: "_blank", rel: "opener",
+      "data-i18n": "detail.replay.open", text: t("detail.replay.open") })),
+    h("h4", { class: "evidence-locks-title", "data-i18n": "evidence.locks", text: t("evidence.locks") }),
+    h("ul", { id: "evidence-locks", class: "evidence-locks" }),
+    mayHandleEvidence() ? h("div", { id: "evidence-admin", class: "evidence-admin" },
+      reasonField("export-reason", "evidence.export.reason"),
+      h("div", { class: "action-row" }, h("button", {
+        id: "export-btn", type: "button", class: "btn btn-primary", onclick: () => runEvidence("export") })),
+      reasonField("unlock-reason", "evidence.unlock.reason"),
+      h("div", { class: "action-row" }, h("button", {
+        id: "unlock-btn", type: "button", class: "btn btn-secondary", onclick: () => runEvidence("unlock") })),
+    ) : null,
+    h("p", { id: "evidence-error", class: "error", role: "alert", hidden: true }),
+    h("p", { id: "evidence-info", class: "info", role: "status", hidden: true }),
+    h("div", { id: "evidence-result", class: "info evidence-result", role: "status", hidden: true }),
+  );
+}
+
+function renderEvidence(inc) {
+  const card = $("#evidence-card");
+  if (!card) return;
+  show(card, true);
+  const ev = evidenceState(inc.id);
+  renderClip(inc, ev);
+  const watch = mayWatch();
+  for (const el of [$(".evidence-replay", card), $(".evidence-locks-title", card), $("#evidence-locks", card)]) {
+    if (el) show(el, watch);
+  }
+  if (!watch) return;
+  $("#replay-link").href = `/replay?incident=${encodeURIComponent(inc.id)}`;
+  renderLocks(inc, ev);
+
+  const busy = ev.busy;
+  const exportBtn = $("#export-btn");
+  if (exportBtn) {
+    exportBtn.disabled = !!busy;
+    exportBtn.textContent = busy === "export" ? t("action.working") : t("evidence.export");
+    const unlockBtn = $("#unlock-btn");
+    unlockBtn.disabled = !!busy;
+    unlockBtn.textContent = busy === "unlock" ? t("action.working") : t("evidence.unlock");
+  }
+  renderError($("#evidence-error"), ev.error);
+  const info = $("#evidence-info");
+  info.textContent = ev.info ? t(ev.info) : "";
+  show(info, !!ev.info);
+  const res = $("#evidence-result");
+  res.replaceChildren();
+  if (ev.result) {
+    const r = ev.result;
+    res.dataset.bundle = r.bundle || "";
+    res.dataset.fingerprint = r.fingerprint || "";
+    res.dataset.file = r.file;
+    res.append(
+      h("div", { text: t("evidence.exported", { file: r.file }) }),
+      h("div", null, t("evidence.bundle"), h("code", { class: "evidence-bundle", text: r.bundle || "—" })),
+      h("div", null, t("evidence.fingerprint"), h("code", { class: "evidence-fingerprint", text: r.fingerprint || "—" })),
+      h("div", null, t("evidence.verify"), h("code", { class: "evidence-verify", text: `gridhub verify ${r.file}` })),
+      h("div", { class: "small", text: t("evidence.verify.hint") }),
+    );
+  }
+  show(res, !!ev.result);
+}
+
+// The clip: a <video> cannot send the bearer token, so it plays a URL the hub signs for
+// this user (GET .../clip/link); Range requests (seeking) work on it.
+function renderClip(inc, ev) {
+  const key = inc.clip_url ? `${inc.id}|${inc.clip_url}` : null;
+  if (key !== ev.clipKey) loadClipLink(inc, ev, key);
+  const box = $("#evidence-clip");
+  const video = $("#evidence-video");
+  const status = $(".evidence-clip-status", box);
+  const st = ev.clipStatus;
+  box.dataset.state = st;
+  if (ev.clipUrl && video.getAttribute("src") !== ev.clipUrl) video.src = ev.clipUrl;
+  if (!ev.clipUrl && video.hasAttribute("src")) { video.removeAttribute("src"); video.load(); }
+  show(video, !!ev.clipUrl && st !== "error");
+  status.textContent = st === "loading" ? t("evidence.clip.loading")
+    : st === "error" ? t("evidence.clip.error")
+    : st === "none" ? t(inc.source === "manual" || !inc.camera_id ? "evidence.clip.no_camera" : "evidence.clip.none")
+    : "";
+  show(status, !!status.textContent);
+}
+
+async function loadClipLink(inc, ev, key) {
+  ev.clipKey = key;
+  const seq = ++ev.clipSeq;
+  ev.clipUrl = null;
+  if (!key) { ev.clipStatus = "none"; return; }
+  ev.clipStatus = "loading";
+  try {
+    const link = await api(`/api/incidents/${encodeURIComponent(inc.id)}/clip/link`);
+    if (seq !== ev.clipSeq || ev !== S.evidence) return;
+    ev.clipUrl = link.url;
+    ev.clipAt = Date.now();
+    ev.clipStatus = "ready";
+  } catch (err) {
+    if (isAbort(err) || seq !== ev.clipSeq || ev !== S.evidence) return;
+    ev.clipStatus = err instanceof ApiError && err.status === 404 ? "none" : "error";
+  }
+  const cur = currentIncident();
+  if (cur && cur.id === ev.id) renderEvidence(cur);
+}
+
+function onClipError() {
+  const ev = S.evidence;
+  const video = $("#evidence-video");
+  if (!ev || !ev.clipUrl || !video || !video.getAttribute("src")) return;
+  if (Date.now() - ev.clipAt > CLIP_RELINK_MS) {
+    ev.clipKey = null; // the signature may have expired: ask for a new link
+  } else {
+    ev.clipStatus = "error";
+  }
+  const cur = currentIncident();
+  if (cur && cur.id === ev.id) renderEvidence(cur);
+}
+
+// The locks: re-read whenever the incident changes (a lock comes with the detection, a
+// release with an unlock; both bump the version).
+function renderLocks(inc, ev) {
+  const key = `${inc.id}|${inc.version ?? inc.updated_at}|${inc.clip_url || ""}`;
+  if (key !== ev.locksKey) loadLocks(inc, ev, key);
+  const ul = $("#evidence-locks");
+  if (ev.locksError) {
+    ul.replaceChildren(h("li", { class: "error", text: ev.locksError.main }));
+    return;
+  }
+  if (!ev.locks) {
+    ul.replaceChildren(h("li", { class: "muted", text: t("detail.loading") }));
+    return;
+  }
+  if (!ev.locks.length) {
+    ul.replaceChildren(h("li", { class: "muted evidence-locks-empty", text: t("evidence.locks.none") }));
+    return;
+  }
+  ul.replaceChildren(...ev.locks.map((lk) => {
+    const released = !!lk.released_at;
+    const cam = lk.camera === inc.camera_id && inc.camera_name ? `${inc.camera_name} (${lk.camera})` : lk.camera;
+    return h("li", {
+      class: `evidence-lock ${released ? "released" : "locked"}`,
+      dataset: { camera: lk.camera || "", state: released ? "released" : "locked" },
+    },
+    h("div", { class: "evidence-lock-head" },
+      h("span", { class: `badge lock-${released ? "released" : "locked"}`,
+        text: t(released ? "evidence.lock.released" : "evidence.lock.locked") }),
+      h("span", { class: "evidence-lock-camera", text: cam })),
+    h("div", { class: "muted small evidence-lock-window",
+      text: `${fmtDateTime(lk.start_at)} – ${fmtDateTime(lk.end_at)}` }),
+    released ? h("div", { class: "small evidence-lock-release",
+      text: t("evidence.lock.released_by", { by: lk.released_by || "—", at: fmtDateTime(lk.released_at), reason: lk.release_reason || "—" }) }) : null);
+  }));
+}
+
+async function loadLocks(inc, ev, key) {
+  ev.locksKey = key;
+  const seq = ++ev.locksSeq;
+  try {
+    const locks = await api(`/api/incidents/${encodeURIComponent(inc.id)}/evidence/locks`);
+    if (seq !== ev.locksSeq || ev !== S.evidence) return;
+    ev.locks = Array.isArray(locks) ? locks : [];
+    ev.locksError = null;
+  } catch (err) {
+    if (isAbort(err) || seq !== ev.locksSeq || ev !== S.evidence) return;
+    // 503: this hub does not record; nothing is locked here.
+    if (err instanceof ApiError && err.status === 503) { ev.locks = []; ev.locksError = null; }
+    else ev.locksError = errorMessage(err);
+  }
+  const cur = currentIncident();
+  if (cur && cur.id === ev.id) renderEvidence(cur);
+}
+
+/** The file name the server gave (Content-Disposition), else a sensible one. */
+function downloadName(res, id) {
+  const cd = res.headers.get("Content-Disposition") || "";
+  const star = /filename\*\s*=\s*UTF-8''([^;]+)/i.exec(cd);
+  if (star) { try { return decodeURIComponent(star[1].trim()); } catch { /* fall through */ } }
+  const plain = /filename\s*=\s*"?([^";]+)"?/i.exec(cd);
+  return plain ? plain[1].trim() : `evidence-${id}.zip`;
+}
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = h("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+async function runEvidence(kind) {
+  const id = S.selectedId;
+  const ev = id ? evidenceState(id) : null;
+  if (!ev || ev.busy) return;
+  const field = $(kind === "export" ? "#export-reason" : "#unlock-reason");
+  const reason = (field?.value || "").trim();
+  ev.info = null;
+  if (!reason) {
+    ev.error = { key: `evidence.${kind}.need_reason` };
+    rerenderEvidence();
+    field?.focus();
+    return;
+  }
+  ev.busy = kind;
+  ev.error = null;
+  rerenderEvidence();
+  try {
+    const path = `/api/incidents/${encodeURIComponent(id)}/${kind === "export" ? "export" : "evidence/unlock"}`;
+    if (kind === "export") {
+      const res = await api(path, { method: "POST", json: { reason }, raw: true });
+      const blob = await res.blob();
+      if (ev !== S.evidence) return;
+      const file = downloadName(res, id);
+      saveBlob(blob, file);
+      ev.result = {
+        file, bundle: res.headers.get("X-GridHub-Bundle"),
+        fingerprint: res.headers.get("X-GridHub-Key-Fingerprint"),
+      };
+    } else {
+      const updated = await api(path, { method: "POST", json: { reason } });
+      if (ev !== S.evidence) return;
+      ev.info = "evidence.unlock.done";
+      if (updated && updated.id) {
+        if (S.detail && S.detail.id === id) S.detail = { ...updated, timeline: S.detail.timeline };
+        upsertIncident(updated);
+      }
+    }
+    if (field) field.value = "";
+    ev.busy = null;
+    renderDetail();
+    refreshDetail(); // the timeline's new entry (the pushed incident.updated does it too)
+  } catch (err) {
+    if (isAbort(err) || ev !== S.evidence) return;
+    const msg = errorMessage(err);
+    if (kind === "unlock" && err instanceof ApiError && err.status === 409) msg.key = "evidence.unlock.none";
+    ev.error = msg;
+  } finally {
+    if (ev === S.evidence && ev.busy) ev.busy = null;
+    rerenderEvidence();
+  }
+}
+
+function rerenderEvidence() {
+  const inc = currentIncident();
+  if (inc && $("#evidence-card")) renderEvidence(inc);
 }
 
 // ---------------------------------------------------------------------------
