@@ -34,7 +34,7 @@ demo: venv
 	$(BIN)/gridhub run --config configs/demo --data data/demo --host 127.0.0.1 --port 8080
 
 test: venv deps-apt
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check hub ingest detectors console tests
