@@ -71,10 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ingest.packets import StreamInfo, VideoPacket  # noqa: E402
-from ingest.recorder import Recorder, RecorderStatus, Segment  # noqa: E402
+from ingest.recorder import Recorder  # noqa: E402
 from ingest.rtsp import RtspSource  # noqa: E402
 from ingest.segments import cut_clip  # noqa: E402
-from ingest.source import Source  # noqa: E402
+from tests.recording_helpers import FedSource, RecordingSink  # noqa: E402
 
 PEER = ROOT / "tests" / "peers" / "rtsp_server.py"
 DEMO = ROOT / "configs" / "demo"
@@ -82,29 +82,6 @@ GRIDHUB = Path(sys.executable).with_name("gridhub")
 W, H, FPS = 1280, 720, 15
 
 
-class _Src(Source):
-    def start(self) -> None:
-        pass
-
-    def stop(self, timeout: float = 5.0) -> None:
-        pass
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.closed: list[Segment] = []
-
-    def segment_opened(self, seg: Segment) -> None:
-        pass
-
-    def segment_progress(self, seg: Segment) -> None:
-        pass
-
-    def segment_closed(self, seg: Segment) -> None:
-        self.closed.append(seg)
-
-    def status_changed(self, status: RecorderStatus) -> None:
-        pass
 
 
 def load_peer() -> ModuleType:
@@ -136,7 +113,7 @@ def fed(peer: ModuleType, clip: Path, d: Path, seconds: int) -> tuple[list[Path]
     """(segment paths, wall time of the first packet) after recording ``seconds``."""
     aus = peer.access_units(clip.read_bytes())
     n = seconds * FPS
-    src, sink = _Src("cam"), _Sink()
+    src, sink = FedSource("cam"), RecordingSink()
     rec = Recorder(src, d / "data", sink, segment_s=60)
     rec.start()
     src.packets.set_info(StreamInfo("h264", W, H, Fraction(1, 90000), None, FPS))
@@ -200,7 +177,7 @@ def live_run(server: Any, n: int, seconds: float, data: Path | None) -> Live:
     for s in srcs:
         # Record-only main stream, as for a camera with a sub_url: nothing is decoded.
         s._legs[0].decode = False
-    recs = [Recorder(s, data, _Sink(), segment_s=60) for s in srcs] if data else []
+    recs = [Recorder(s, data, RecordingSink(), segment_s=60) for s in srcs] if data else []
     for r in recs:
         r.start()
     for s in srcs:

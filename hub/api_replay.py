@@ -49,7 +49,7 @@ from hub.api_recordings import may_view_recordings
 from hub.app import HubState
 from hub.auth import AuthError, load_secret
 from hub.models import User
-from hub.recordings import GOP_MARGIN_S, RecordingService
+from hub.recordings import GOP_MARGIN_S, ClipLike, RecordingService
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,7 @@ CACHE_MAX_AGE_S = 24 * 3600.0
 CUTS_AT_ONCE = 2
 
 
-class WindowCutLike(Protocol):
-    @property
-    def start(self) -> float: ...
-    @property
-    def end(self) -> float: ...
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def size(self) -> int: ...
+class WindowCutLike(ClipLike, Protocol):
     @property
     def frame_s(self) -> float: ...
     @property

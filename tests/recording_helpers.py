@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from hub.recordings import RecordingService
+from ingest.recorder import RecorderStatus, Segment
+from ingest.source import Source
 from tests.conftest import RunningHub
 
 PEER = Path(__file__).parent / "peers" / "rtsp_server.py"
@@ -73,3 +75,34 @@ def with_recording(config: Path, cameras: list[dict[str, Any]] | None, **rec: An
 def rtsp_camera(url: str) -> dict[str, Any]:
     return {"id": CAM, "name": "RTSP", "grid": "zz-jinshui-jingba-c1-g01",
             "position": [113.6675, 34.7675], "source": {"type": "rtsp", "url": url}}
+
+
+class FedSource(Source):
+    """A source fed by the test itself (packets of a real clip, as the RTSP source puts
+    them): no thread of its own."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pass
+
+
+class RecordingSink:
+    """Collects what a Recorder reports (closed segments, status changes)."""
+
+    def __init__(self) -> None:
+        self.closed: list[Segment] = []
+        self.statuses: list[RecorderStatus] = []
+
+    def segment_opened(self, seg: Segment) -> None:
+        pass
+
+    def segment_progress(self, seg: Segment) -> None:
+        pass
+
+    def segment_closed(self, seg: Segment) -> None:
+        self.closed.append(seg)
+
+    def status_changed(self, status: RecorderStatus) -> None:
+        self.statuses.append(status)

@@ -27,11 +27,12 @@ from hub.models import Incident
 from hub.recordings import iso
 from ingest.fmp4 import split_lengths
 from ingest.packets import StreamInfo, VideoPacket
-from ingest.recorder import Recorder, RecorderStatus, Segment
+from ingest.recorder import Recorder, Segment
 from ingest.segments import cut_clip, repair, scan
-from ingest.source import Source
 from tests.recording_helpers import (
     CAM,
+    FedSource,
+    RecordingSink,
     login,
     peer,
     rtsp_camera,
@@ -276,40 +277,13 @@ def test_killed_hub_leaves_a_segment_repaired_on_restart(
         hub2.stop()
 
 
-class _FakeSource(Source):
-    """A source fed by the test itself (packets of a real clip, as the RTSP source puts
-    them): no thread of its own."""
-
-    def start(self) -> None:
-        pass
-
-    def stop(self, timeout: float = 5.0) -> None:
-        pass
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.closed: list[Segment] = []
-        self.statuses: list[RecorderStatus] = []
-
-    def segment_opened(self, seg: Segment) -> None:
-        pass
-
-    def segment_progress(self, seg: Segment) -> None:
-        pass
-
-    def segment_closed(self, seg: Segment) -> None:
-        self.closed.append(seg)
-
-    def status_changed(self, status: RecorderStatus) -> None:
-        self.statuses.append(status)
 
 
 def record_clip(clip: Path, data: Path, *, segment_s: float = 60.0, t0: float | None = None
                 ) -> list[Segment]:
     """Record the clip's access units as the RTSP source hands them over (Annex B, 90 kHz
     timestamps, wall times 1/15 s apart from ``t0``)."""
-    src, sink = _FakeSource("cam1"), _Sink()
+    src, sink = FedSource("cam1"), RecordingSink()
     rec = Recorder(src, data, sink, segment_s=segment_s)
     rec.start()
     src.packets.set_info(StreamInfo("h264", 640, 360, Fraction(1, 90000), None, FPS))

@@ -8,14 +8,12 @@ keeps the two cameras in sync; the window endpoint answers Range requests."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import av
@@ -29,10 +27,10 @@ from hub.bus import IncidentCandidate
 from hub.recordings import RecordingService
 from ingest.replay import cut_window
 from tests.conftest import DEMO, RunningHub, running_hub
+from tests.recording_helpers import peer, until
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
-PEER = Path(__file__).parent / "peers" / "rtsp_server.py"
 FPS = 25
 GOP_S = 1.0  # -g 25 at 25 fps
 FRAME_S = 1 / FPS
@@ -41,30 +39,6 @@ GRID = "zz-jinshui-jingba-c1-g01"
 OUTAGE_S = 7.0  # camera A's server is down this long: more than the recorder's 5 s jump
 PREROLL_S, POSTROLL_S = 2.0, 3.0
 WAIT_MS = 20_000
-
-
-def _load_peer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rtsp_server_peer_replay", PEER)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-peer = _load_peer()
-
-
-async def until(pred: Callable[[], Awaitable[Any]], within_s: float, what: str) -> Any:
-    """Wait for ``pred()`` to return something truthy (checked every 200 ms)."""
-    try:
-        async with asyncio.timeout(within_s):
-            while True:
-                got = await pred()
-                if got:
-                    return got
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        pytest.fail(f"timed out after {within_s} s waiting for {what}")
 
 
 def ts(text: str) -> float:
