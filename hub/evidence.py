@@ -294,7 +294,10 @@ async def incident_members(store: Store, inc: Incident, timeline: list[dict[str,
             n += 1
             name = f"{stem}-{n}.{ext}" if dot else f"{name}-{n}"
         taken.add(f"clips/{name}")
-        members.append(Member(f"clips/{name}", file=clip, meta={"kind": "clip"}))
+        # recorded_as: the name the recorder's timeline entry (``clip``) gives it, with the
+        # SHA-256 taken when it was cut
+        members.append(Member(f"clips/{name}", file=clip,
+                              meta={"kind": "clip", "recorded_as": clip.name}))
     return members
 
 

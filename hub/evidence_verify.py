@@ -4,7 +4,8 @@ A bundle holds when: it is a readable ZIP; ``manifest.sig`` is a valid Ed25519 s
 of ``manifest.json`` by the bundle's ``public_key.pem`` (and that key is the trusted one,
 when one is given); the manifest names that key's fingerprint; every file the manifest
 lists is there with its size and SHA-256, and nothing else is; the timeline's hash chain
-is intact and ends with the export; each photo still has the hash it had when uploaded.
+is intact and ends with the export; each photo still has the hash it had when uploaded,
+and each clip the hash the recorder put into the timeline when it cut it.
 
 The bytes of each member are read straight from the ZIP (members are stored), so a
 changed byte shows as a SHA-256 mismatch as well as a CRC-32 one, and the report names
@@ -273,7 +274,8 @@ def _check(v: Verification, read: dict[str, _Read], trusted: Ed25519PublicKey | 
 
 def _contents(v: Verification, manifest: dict[str, Any], read: dict[str, _Read]) -> None:
     """What the files say agrees: the timeline's hash chain holds and ends with this export;
-    the record is this incident; each photo has the hash recorded when it was uploaded."""
+    the record is this incident; each photo has the hash recorded when it was uploaded, each
+    clip the hash recorded when the recorder cut it."""
     tl = read.get("timeline.json")
     iid = manifest.get("incident_id")
     entries: list[dict[str, Any]] = []
@@ -308,13 +310,19 @@ def _contents(v: Verification, manifest: dict[str, Any], read: dict[str, _Read])
             _replace(v, "incident.json", False, f"unreadable: {err}")
     uploads = {(e.get("detail") or {}).get("photo"): (e.get("detail") or {}).get("sha256")
                for e in entries if e.get("action") == "photo"}
+    cuts = {str((e.get("detail") or {}).get("file", "")).rsplit("/", 1)[-1]:
+            (e.get("detail") or {}).get("sha256") for e in entries if e.get("action") == "clip"}
     for f in manifest.get("files", []):
-        if not isinstance(f, dict) or f.get("kind") != "photo":
+        if not isinstance(f, dict) or f.get("kind") not in ("photo", "clip"):
             continue
-        recorded = {f.get("sha256_at_upload"), uploads.get(f.get("photo_id"))} - {None}
+        if f["kind"] == "photo":
+            recorded = {f.get("sha256_at_upload"), uploads.get(f.get("photo_id"))} - {None}
+            when = "when it was uploaded"
+        else:
+            recorded = {cuts.get(str(f.get("recorded_as")))} - {None}
+            when = "when the recorder cut it (the timeline's clip entry)"
         if recorded and recorded != {f.get("sha256")} and _intact(v, str(f.get("path"))):
-            _replace(v, str(f.get("path")), False, "its SHA-256 is not the one recorded "
-                     "when it was uploaded")
+            _replace(v, str(f.get("path")), False, f"its SHA-256 is not the one recorded {when}")
 
 
 def _intact(v: Verification, name: str) -> bool:

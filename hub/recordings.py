@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -687,11 +688,18 @@ class RecordingService:
         log.info("recordings: clip of incident %s: %.1f s, %d bytes, cut in %.0f ms", inc.id,
                  clip.duration_s, clip.size, (time.perf_counter() - began) * 1000)
         await self.index.save_clip(inc.id, inc.camera_id, rel, clip.start, clip.end, clip.size)
-        await self._attach(inc.id, f"/api/incidents/{inc.id}/clip")
+        digest = await asyncio.to_thread(_sha256_file, out)
+        await self._attach(inc.id, f"/api/incidents/{inc.id}/clip", {
+            "camera": inc.camera_id, "file": rel, "sha256": digest, "bytes": clip.size,
+            "start": iso(clip.start), "end": iso(clip.end),
+            "duration_s": round(clip.duration_s, 3)})
         self.clips_made += 1
         return out
 
-    async def _attach(self, incident_id: str, url: str) -> None:
+    async def _attach(self, incident_id: str, url: str, detail: dict[str, Any]) -> None:
+        """Name the clip on the incident, with a timeline entry (by ``system:recorder``)
+        holding its SHA-256, size and window: the hash chain then vouches for the clip as
+        it was cut, and an evidence bundle's clip can be checked against it."""
         store = self.state.store
         for _ in range(5):
             try:
@@ -700,9 +708,13 @@ class RecordingService:
                 return
             if inc.clip_url == url:
                 return
-            new = inc.model_copy(update={"clip_url": url, "version": inc.version + 1})
+            now = datetime.now(UTC)
+            new = inc.model_copy(update={"clip_url": url, "version": inc.version + 1,
+                                         "updated_at": now})
+            entry = {"at": now, "actor": "system:recorder", "action": "clip",
+                     "from_state": inc.state, "to_state": inc.state, "detail": detail}
             try:
-                await store.update(new, expect_version=inc.version)
+                await store.update(new, entry=entry, expect_version=inc.version)
             except Conflict:
                 continue
             try:
@@ -742,3 +754,11 @@ class RecordingService:
                 "disk": disk, "recordings_bytes": await self.index.total_size(),
                 "quota_bytes": int(self.config.quota_gb * 1e9) if self.config.quota_gb
                 else None, "min_free_bytes": int(self.config.min_free_gb * 1e9)}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

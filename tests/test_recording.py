@@ -5,10 +5,13 @@ locks, incident clips and a full disk: against the real GStreamer RTSP server, t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import struct
 import subprocess
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -19,10 +22,13 @@ import av
 import httpx
 import pytest
 from conftest import HubProcess, RunningHub, running_hub
+from cryptography.hazmat.primitives import serialization
 
 from hub.api_recordings import sign_clip
 from hub.bus import IncidentCandidate
 from hub.bus.messages import RecordingStatus
+from hub.evidence import KEY_FILE
+from hub.evidence_verify import render, verify_bundle
 from hub.models import Incident
 from hub.recordings import iso
 from ingest.fmp4 import split_lengths
@@ -223,6 +229,39 @@ async def test_incident_clip_is_cut_locked_attached_and_served_with_ranges(
         assert all(inc["id"] in i["locked_by"] for i in listing["items"]
                    if i["end"] >= iso(now.timestamp() - 12) and i["state"] != "recording")
         assert svc.clips_made == 1
+        # The clip is in the hash-chained timeline as cut (by the recorder, with its
+        # SHA-256), so a bundle whose clip was swapped fails verification even when its
+        # manifest is re-signed with the installation's own key.
+        tl = (await c.get(f"/api/incidents/{iid}", headers=h)).json()["timeline"]
+        cut = [e for e in tl if e["action"] == "clip"]
+        assert len(cut) == 1 and cut[0]["actor"] == "system:recorder", tl
+        assert cut[0]["detail"]["sha256"] == hashlib.sha256(body).hexdigest()
+        assert cut[0]["detail"]["bytes"] == len(body) and cut[0]["detail"]["camera"] == CAM
+        rv = await login(c, "reviewer")
+        r = await c.post(f"/api/incidents/{iid}/export", headers=rv, json={"reason": "court"})
+        assert r.status_code == 200, r.text
+        data_dir = hub.state.settings.data_dir  # type: ignore[attr-defined]
+        bundle, swapped = data_dir / "b.zip", data_dir / "swapped.zip"
+        bundle.write_bytes(r.content)
+        assert verify_bundle(bundle, None).ok
+        with zipfile.ZipFile(bundle) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            members = {n: zf.read(n) for n in zf.namelist()}
+        clip_name = next(f["path"] for f in manifest["files"] if f["kind"] == "clip")
+        other = body[:-1] + bytes([body[-1] ^ 0xFF])  # another clip
+        for f in manifest["files"]:
+            if f["path"] == clip_name:
+                f["size"], f["sha256"] = len(other), hashlib.sha256(other).hexdigest()
+        text = json.dumps(manifest).encode()
+        key = serialization.load_pem_private_key(
+            (data_dir / KEY_FILE).read_bytes(), password=None)
+        with zipfile.ZipFile(swapped, "w", zipfile.ZIP_STORED) as zf:
+            for n, b in members.items():
+                zf.writestr(n, {clip_name: other, "manifest.json": text,
+                                "manifest.sig": key.sign(text)}.get(n, b))  # type: ignore[union-attr]
+        result = verify_bundle(swapped, None)
+        assert not result.ok
+        assert [ch.name for ch in result.checks if not ch.ok] == [clip_name], render(result)
 
 
 # --- crash and repair -----------------------------------------------------------------
