@@ -1,5 +1,6 @@
-// Small helpers shared by the single-purpose pages (/patrol, /report): storage that may be
-// unavailable, DOM building, translation with {placeholders}, and the hub's error text.
+// Small helpers shared by the single-purpose pages (/patrol, /report, /replay): storage that
+// may be unavailable, DOM building, translation with {placeholders}, the hub's error text and
+// the sign-in form.
 
 export const $ = (sel) => document.querySelector(sel);
 
@@ -47,5 +48,35 @@ export async function errorText(resp) {
     return JSON.stringify(body.detail);
   } catch {
     return resp.statusText || String(resp.status);
+  }
+}
+
+// The sign-in form's submit handler (#login-error, #login-submit): asks the hub for a token,
+// shows a refusal in the form, and hands the token to onToken (which stores it and enters).
+export async function submitLogin(ev, t, onToken) {
+  ev.preventDefault();
+  const form = ev.target;
+  const err = $("#login-error");
+  err.hidden = true;
+  $("#login-submit").disabled = true;
+  try {
+    const body = new URLSearchParams({
+      username: form.username.value.trim(), password: form.password.value,
+    });
+    const resp = await fetch("/api/auth/token", { method: "POST", body });
+    if (!resp.ok) {
+      err.textContent = resp.status === 401 ? t("login.failed")
+        : t("login.error", { msg: await errorText(resp) });
+      err.hidden = false;
+      return;
+    }
+    const token = (await resp.json()).access_token;
+    form.password.value = "";
+    await onToken(token);
+  } catch (e) {
+    err.textContent = t("login.error", { msg: e.message });
+    err.hidden = false;
+  } finally {
+    $("#login-submit").disabled = false;
   }
 }

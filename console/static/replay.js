@@ -10,7 +10,7 @@
 // clock: the wall time of the first camera that has video at that moment (else a plain
 // clock); the others follow it and are re-seeked when they drift more than DRIFT_S.
 
-import { $, el, errorText, readStore, translate, writeStore } from "./pagekit.js";
+import { $, el, errorText, readStore, submitLogin, translate, writeStore } from "./pagekit.js";
 
 const LANG_KEY = "gridhub.lang";
 const TOKEN_KEY = "gridhub.token"; // shared with the console (app.js), the wall and the map
@@ -203,30 +203,12 @@ function showError(err) {
 // ---------------------------------------------------------------------------
 // Login (the console's token, or this page's own form)
 // ---------------------------------------------------------------------------
-async function onLogin(ev) {
-  ev.preventDefault();
-  const form = ev.target;
-  const err = $("#login-error");
-  err.hidden = true;
-  $("#login-submit").disabled = true;
-  try {
-    const body = new URLSearchParams({ username: form.username.value.trim(), password: form.password.value });
-    const resp = await fetch("/api/auth/token", { method: "POST", body });
-    if (!resp.ok) {
-      err.textContent = resp.status === 401 ? t("login.failed") : t("login.error", { msg: await errorText(resp) });
-      err.hidden = false;
-      return;
-    }
-    S.token = (await resp.json()).access_token;
+function onLogin(ev) {
+  return submitLogin(ev, t, async (token) => {
+    S.token = token;
     writeStore(sessionStorage, TOKEN_KEY, S.token);
-    form.password.value = "";
     await enter();
-  } catch (e) {
-    err.textContent = t("login.error", { msg: e.message });
-    err.hidden = false;
-  } finally {
-    $("#login-submit").disabled = false;
-  }
+  });
 }
 
 function showLogin(message = "") {

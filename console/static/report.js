@@ -2,7 +2,7 @@
 // and follow my recent reports. Plain ES module, no build step, no external resources.
 // Labels in zh-CN (default) and English; the language choice is shared with the console.
 
-import { $, el, errorText, readStore, translate, writeStore } from "./pagekit.js";
+import { $, el, errorText, readStore, submitLogin, translate, writeStore } from "./pagekit.js";
 
 const LANG_KEY = "gridhub.lang";
 const TOKEN_KEY = "gridhub.report.token";
@@ -132,32 +132,12 @@ async function api(path, opts = {}) {
 }
 
 // --- login -----------------------------------------------------------------------------
-async function onLogin(ev) {
-  ev.preventDefault();
-  const form = ev.target;
-  const err = $("#login-error");
-  err.hidden = true;
-  $("#login-submit").disabled = true;
-  try {
-    const resp = await fetch("/api/auth/token", {
-      method: "POST",
-      body: new URLSearchParams({ username: form.username.value.trim(), password: form.password.value }),
-    });
-    if (!resp.ok) {
-      err.textContent = resp.status === 401 ? t("login.failed") : t("login.error", { msg: await errorText(resp) });
-      err.hidden = false;
-      return;
-    }
-    S.token = (await resp.json()).access_token;
+function onLogin(ev) {
+  return submitLogin(ev, t, async (token) => {
+    S.token = token;
     writeStore(sessionStorage, TOKEN_KEY, S.token);
-    form.password.value = "";
     await enter();
-  } catch (e) {
-    err.textContent = t("login.error", { msg: e.message });
-    err.hidden = false;
-  } finally {
-    $("#login-submit").disabled = false;
-  }
+  });
 }
 
 async function enter() {
