@@ -64,6 +64,18 @@ async def list_units(state: St, user: Me) -> list[UnitOut]:
     return [u for u in _service(state).units() if may_see_units(user, u.id)]
 
 
+class UnitName(BaseModel):
+    id: str
+    name: str
+
+
+@router.get("/api/units/names", response_model=list[UnitName])
+async def unit_names(state: St, user: Me) -> list[UnitName]:
+    """Every configured patrol unit's id and name, for any signed-in user (a department's
+    console names the units working its cases; positions stay with /api/units)."""
+    return [UnitName(id=u.id, name=u.name) for u in state.site.units]
+
+
 @router.get("/api/units/{unit_id}", response_model=UnitDetail)
 async def get_unit(state: St, user: Me, unit_id: str) -> UnitDetail:
     """One unit with its recent trail (oldest first)."""

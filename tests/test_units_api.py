@@ -156,7 +156,8 @@ async def test_grids_are_a_geojson_feature_collection(hub: RunningHub) -> None:
     assert street["properties"]["contact"].startswith("街道值班室")
 
 
-@pytest.mark.parametrize("path", ["/api/grids", "/api/units", "/api/units/patrol-01"])
+@pytest.mark.parametrize("path", ["/api/grids", "/api/units", "/api/units/patrol-01",
+                                  "/api/units/names"])
 async def test_units_and_grids_need_a_token(hub: RunningHub, path: str) -> None:
     """Without a token, or with a forged one, the units and grids endpoints are 401."""
     async with httpx.AsyncClient(base_url=hub.url, timeout=30) as c:
@@ -253,6 +254,12 @@ async def test_department_users_get_no_unit_events(hub: RunningHub) -> None:
     assert (await get(hub, "/api/units", "civil-affairs")).status_code == 403
     assert (await get(hub, "/api/units/patrol-01", "civil-affairs")).status_code == 403
     assert (await get(hub, "/api/grids", "civil-affairs")).status_code == 200
+    # The names (not the positions) are for everyone: a department's console names the
+    # units working its cases.
+    r = await get(hub, "/api/units/names", "civil-affairs")
+    assert r.status_code == 200
+    assert r.json() == [{"id": "patrol-01", "name": "巡逻一号车"},
+                        {"id": "patrol-02", "name": "巡逻二号车"}]
 
 
 BAD_FRAMES: list[tuple[str, Any, str]] = [

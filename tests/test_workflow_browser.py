@@ -130,6 +130,10 @@ def test_case_from_detection_to_closure_in_four_browsers(
     dep.wait_for_selector(f"{row}[data-state=dispatched]", timeout=WAIT)
     dep.click(row)
     dep.wait_for_selector("#accept-btn:not([disabled])")
+    # The department names the unit working the case (from /api/units/names), not its id.
+    dep.wait_for_function(
+        "() => (document.querySelector('#detail-fields [data-field=units]') || {})"
+        ".textContent?.includes('巡逻一号车')", timeout=WAIT)
     dep.click("#accept-btn")
     dep.wait_for_selector(f"{row}[data-state=accepted]", timeout=WAIT)
     op.wait_for_selector(f"{row}[data-state=accepted]", timeout=WAIT)

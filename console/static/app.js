@@ -402,9 +402,20 @@ async function loadTypes() {
   for (const ty of S.types) S.knownTypes.add(ty.id);
 }
 
-/** Patrol units for the dispatch picker (the command center's roles only). */
+/** Patrol units for the dispatch picker (the command center's roles); the other roles
+ * get their names only, to name the units on a case. */
 async function loadUnits() {
-  if (!S.user || !JUDGES.has(S.user.role)) return;
+  if (!S.user) return;
+  if (!JUDGES.has(S.user.role)) {
+    try {
+      const names = await api("/api/units/names");
+      S.unitById = new Map((Array.isArray(names) ? names : []).map((u) => [u.id, u]));
+      rerenderActions();
+    } catch (err) {
+      if (!isAbort(err)) S.unitById = new Map();
+    }
+    return;
+  }
   try {
     const units = await api("/api/units");
     S.units = Array.isArray(units) ? units : [];
