@@ -26,6 +26,7 @@ import pytest_asyncio
 import yaml
 
 from hub.bus import IncidentCandidate
+from hub.bus.messages import RecordingStatus
 from tests.conftest import DEMO, RunningHub, running_hub
 from tests.recording_helpers import CAM, login, peer, rtsp_camera, until, with_recording
 
@@ -286,3 +287,28 @@ async def test_department_sees_its_case_clip_but_no_recordings(scene: Scene, chr
     assert await page.query_selector("#export-btn") is None
     assert errors == []
     await page.context.close()
+
+
+async def test_paused_recording_is_a_console_banner_until_it_resumes(scene: Scene,
+                                                                     chromium: Any) -> None:
+    """A recorder that pauses (disk full or low) is named in a banner on the operator's
+    console, with the reason, until it resumes; department consoles get no such event."""
+    errors: list[str] = []
+    page = await console(chromium, scene, "operator", errors)
+    dep = await console(chromium, scene, "civil-affairs", errors)
+    assert await page.is_hidden("#rec-alerts")
+    bus = scene.hub.state.bus  # type: ignore[attr-defined]
+    await bus.broadcast(RecordingStatus(kind="recording.paused", camera_id=CAM,
+                                        reason="disk full (No space left on device)",
+                                        at=datetime.now(UTC)))
+    banner = f"#rec-alerts .rec-alert[data-camera='{CAM}']"
+    await page.wait_for_selector(banner, timeout=WAIT_MS)
+    text = await page.inner_text(banner)
+    assert CAM in text and "No space left on device" in text, text
+    await bus.broadcast(RecordingStatus(kind="recording.resumed", camera_id=CAM,
+                                        at=datetime.now(UTC)))
+    await page.wait_for_selector("#rec-alerts", state="hidden", timeout=WAIT_MS)
+    assert await dep.is_hidden("#rec-alerts")
+    assert errors == []
+    await page.context.close()
+    await dep.context.close()

@@ -374,6 +374,7 @@ async function boot() {
   for (const d of S.departments) for (const ty of d.handles || []) S.knownTypes.add(ty);
   await loadTypes();
   await loadUnits();
+  await loadRecordingAlerts();
 
   show($("#login-view"), false);
   showView(viewsForRole(me.role).includes(S.view) ? S.view : "incidents");
@@ -1788,6 +1789,48 @@ function alertFor(msg, old) {
   b.dataset.lastAlert = `${inc.id}:${why}:${played ? "played" : "silent"}`;
 }
 
+// ---------------------------------------------------------------------------
+// Recording alerts: a camera whose recording paused (disk full or low) is named in a
+// banner until it resumes (command-center roles; the hub sends them no one else).
+// ---------------------------------------------------------------------------
+async function loadRecordingAlerts() {
+  S.recPaused = new Map();
+  if (!S.user || ["department", "patrol"].includes(S.user.role)) return renderRecordingAlerts();
+  try {
+    const st = await api("/api/recordings/status");
+    for (const c of (st && st.cameras) || []) {
+      if (c.state === "paused") S.recPaused.set(c.camera, c.reason || "");
+    }
+  } catch (err) {
+    if (isAbort(err)) return;  // recording off on this hub (503): nothing to show
+  }
+  renderRecordingAlerts();
+}
+
+function onRecordingStatus(ev) {
+  if (!ev || !ev.camera_id) return;
+  if (!S.recPaused) S.recPaused = new Map();
+  if (ev.kind === "recording.paused") {
+    const isNew = !S.recPaused.has(ev.camera_id);
+    S.recPaused.set(ev.camera_id, ev.reason || "");
+    if (isNew) sound.alert("orange");
+  } else {
+    S.recPaused.delete(ev.camera_id);
+  }
+  renderRecordingAlerts();
+}
+
+function renderRecordingAlerts() {
+  const box = $("#rec-alerts");
+  if (!box) return;
+  const paused = S.recPaused || new Map();
+  box.replaceChildren(...[...paused].map(([cam, reason]) => h("div", {
+    class: "rec-alert", dataset: { camera: cam },
+    text: t("rec.paused", { camera: cam, reason: reason || "—" }),
+  })));
+  show(box, paused.size > 0);
+}
+
 function onWSMessage(msg) {
   if (!msg || typeof msg !== "object") return;
   if (msg.type === "incident.created" || msg.type === "incident.updated") {
@@ -1805,6 +1848,10 @@ function onWSMessage(msg) {
         renderDetail(); // fields right away, timeline after the re-fetch
         scheduleDetailRefresh();
       }
+      break;
+    case "recording.paused":
+    case "recording.resumed":
+      onRecordingStatus(msg.data);
       break;
     default:
       // hello, camera.health and unknown types: nothing to show yet.
