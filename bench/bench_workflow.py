@@ -61,7 +61,7 @@ def bench_config(work: Path) -> Path:
     shutil.copytree(ROOT / "configs" / "demo", cfg)
     (cfg / "cameras.yaml").write_text("cameras: []\n")
     rules = yaml.safe_load((cfg / "rules.yaml").read_text())
-    rules.setdefault("workflow", {})["merge_radius_m"] = 0.5  # every report is its own case
+    rules.setdefault("workflow", {})["merge_radius_m"] = 0.001  # every report is its own case
     (cfg / "rules.yaml").write_text(yaml.safe_dump(rules, allow_unicode=True))
     return cfg
 
