@@ -158,6 +158,10 @@ def one(bus: str, args: argparse.Namespace, work: Path, hubs: int = 1,
     print(f"dispatch -> department console: p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms"
           f"  (n={len(lat)} of {len(res.dispatch_sent)} dispatches; mean "
           f"{statistics.fmean(lat) if lat else float('nan'):.1f} ms)")
+    op = [(seen - res.dispatch_sent[i]) * 1000 for i, seen in res.dispatch_seen_op
+          if i in res.dispatch_sent]
+    print(f"dispatch -> operator console (10 sampled, frames at most every 100 ms): p50 "
+          f"{pct(op, 50):.1f} ms  p99 {pct(op, 99):.1f} ms  (n={len(op)})")
     dropped = sum(h["components"]["websocket"]["dropped_slow_clients"] for h in health)
     print(f"console events received: {res.console_messages} in {res.frames} frames; "
           f"consoles dropped as slow: {dropped}; hub CPU {cpu * 100:.0f} % of one core"

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 # Cell zz-jinshui-jingba-c1-g01 of the demo grid.
 CELL = ((34.7652, 34.7698), (113.6652, 113.6698))
 STEPS = ("create", "dispatch", "accept", "resolve")
+OPERATOR_SAMPLES = 10
 
 
 @dataclass
@@ -37,6 +38,8 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     dispatch_sent: dict[str, float] = field(default_factory=dict)
     dispatch_seen: dict[str, float] = field(default_factory=dict)
+    # (incident, time) each sampled operator console first saw each dispatch
+    dispatch_seen_op: list[tuple[str, float]] = field(default_factory=list)
     console_messages: int = 0
     frames: int = 0
     consoles: int = 0
@@ -118,10 +121,12 @@ async def token(c: Http, user: str, password: str = "demo") -> str:
 
 # --- consoles (in child processes) ------------------------------------------------------
 
-async def _console(ws_url: str, tok: str, department: bool, out: dict[str, Any],
-                   ready: asyncio.Event, stop: mp.synchronize.Event) -> None:
+async def _console(ws_url: str, tok: str, department: bool, sample: bool,
+                   out: dict[str, Any], ready: asyncio.Event, stop: mp.synchronize.Event
+                   ) -> None:
     import websockets
 
+    mine: set[str] = set()
     try:
         async with websockets.connect(f"{ws_url}?token={tok}&batch=1", max_size=None,
                                       open_timeout=30, compression=None) as ws:
@@ -135,8 +140,9 @@ async def _console(ws_url: str, tok: str, department: bool, out: dict[str, Any],
                 except TimeoutError:
                     continue
                 out["frames"] += 1
-                if not department:  # an operator console: count what arrived
-                    out["messages"] += text.count('"type": "incident.') or 1
+                if not department and not sample:  # an operator console: count only
+                    out["messages"] += (text.count('"type":"incident.')
+                                        + text.count('"type": "incident.')) or 1
                     continue
                 now = time.monotonic()
                 msg = json.loads(text)
@@ -145,20 +151,26 @@ async def _console(ws_url: str, tok: str, department: bool, out: dict[str, Any],
                 for ev in evs:
                     data = ev.get("data") or {}
                     if ev.get("type") == "incident.updated" and data.get("state") == "dispatched":
-                        out["seen"].setdefault(data["id"], now)
+                        if department:
+                            out["seen"].setdefault(data["id"], now)
+                        elif data["id"] not in mine:
+                            mine.add(data["id"])
+                            out["seen_op"].append((data["id"], now))
     except Exception as err:  # the hub went away (SIGKILL test) or refused us
         out["errors"].append(f"console: {type(err).__name__}: {err}")
     finally:
         ready.set()
 
 
-async def _consoles_main(specs: list[tuple[str, str, bool]], ready_q: Any,
+async def _consoles_main(specs: list[tuple[str, str, bool, bool]], ready_q: Any,
                          stop: mp.synchronize.Event) -> dict[str, Any]:
-    out: dict[str, Any] = {"consoles": 0, "frames": 0, "messages": 0, "seen": {}, "errors": []}
+    out: dict[str, Any] = {"consoles": 0, "frames": 0, "messages": 0, "seen": {},
+                           "seen_op": [], "errors": []}
     tasks = []
-    for ws_url, tok, dep in specs:  # one at a time: the hub sees connections arrive in order
+    for ws_url, tok, dep, sample in specs:  # one at a time: the hub sees them in order
         ready = asyncio.Event()
-        tasks.append(asyncio.create_task(_console(ws_url, tok, dep, out, ready, stop)))
+        tasks.append(asyncio.create_task(_console(ws_url, tok, dep, sample, out, ready,
+                                                  stop)))
         await ready.wait()
     ready_q.put(out["consoles"])
     out["cpu0"] = _cpu()
@@ -171,7 +183,7 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _consoles_proc(specs: list[tuple[str, str, bool]], ready_q: Any, result_q: Any,
+def _consoles_proc(specs: list[tuple[str, str, bool, bool]], ready_q: Any, result_q: Any,
                    stop: mp.synchronize.Event) -> None:
     out = asyncio.run(_consoles_main(specs, ready_q, stop))
     out["cpu_s"] = _cpu() - out.pop("cpu0", 0.0)  # from all connected to the end
@@ -246,8 +258,10 @@ async def run_load(base_url: str | list[str], *, seconds: float, workers: int,
         op_tok, dep_tok = await token(login, "operator"), await token(login, "roads")
     finally:
         await login.close()
+    # The first OPERATOR_SAMPLES operator consoles also time the dispatches they see.
     specs = [(urls[i % len(urls)].replace("http://", "ws://") + "/ws",
-              dep_tok if i < department_consoles else op_tok, i < department_consoles)
+              dep_tok if i < department_consoles else op_tok, i < department_consoles,
+              department_consoles <= i < department_consoles + OPERATOR_SAMPLES)
              for i in range(consoles)]
     nproc = min(len(specs), console_procs or max(1, -(-consoles // 100)))
     ctx = mp.get_context("spawn")
@@ -282,6 +296,7 @@ async def run_load(base_url: str | list[str], *, seconds: float, workers: int,
             res.console_cpu_s += out["cpu_s"]
             for k, v in out["seen"].items():
                 res.dispatch_seen.setdefault(k, v)
+            res.dispatch_seen_op += out["seen_op"]
     finally:
         stop_ev.set()
         for c in clients:

@@ -45,6 +45,8 @@ class EvidenceKeyOut(BaseModel):
     algorithm: str = Field("Ed25519", description="Signature algorithm.")
     public_key_pem: str = Field(description="The installation's public key (PEM).")
     fingerprint: str = Field(description=FINGERPRINT_OF + "; compare it out of band.")
+    installation_id: str | None = Field(
+        None, description="The installation the hub belongs to (named in every manifest).")
 
 
 class ExportBody(BaseModel):
@@ -65,8 +67,9 @@ def _service(state: HubState) -> EvidenceService:
 @router.get("/api/evidence/key", response_model=EvidenceKeyOut, tags=["evidence"])
 async def evidence_key(state: St, user: Me) -> EvidenceKeyOut:
     """The installation's public evidence key and its fingerprint (any signed-in user)."""
-    key = _service(state).key
-    return EvidenceKeyOut(public_key_pem=key.public_pem.decode(), fingerprint=key.fingerprint)
+    svc = _service(state)
+    return EvidenceKeyOut(public_key_pem=svc.key.public_pem.decode(),
+                          fingerprint=svc.key.fingerprint, installation_id=svc.installation_id)
 
 
 @router.post(

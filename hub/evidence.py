@@ -66,6 +66,7 @@ from hub.store import Store
 
 if TYPE_CHECKING:
     from hub.app import HubState
+    from hub.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +199,17 @@ class EvidenceService:
     """Holds the signing key of a running hub (loaded at start: a bad key stops the start)
     and the clip hook the recorder sets."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, store: Store | None = None) -> None:
         self.data_dir = data_dir
+        self.store = store
         self.clip_files: ClipFiles = default_clip_files(data_dir)
-        self.installation_id: str | None = None  # no installation id exists yet
+        self.installation_id: str | None = None  # from the store, at start
         self._key: SigningKey | None = None
 
     @classmethod
     def from_state(cls, state: HubState) -> EvidenceService:
         """Service factory for ``create_app(services=[...])``."""
-        return cls(state.settings.data_dir)
+        return cls(state.settings.data_dir, state.store)
 
     @property
     def key(self) -> SigningKey:
@@ -219,6 +221,8 @@ class EvidenceService:
         import asyncio
 
         self._key = await asyncio.to_thread(load_or_create_key, self.data_dir)
+        if self.store is not None:
+            self.installation_id = (await self.store.installation())["id"]
         log.info("evidence: signing key %s (fingerprint %s)", self._key.path,
                  self._key.fingerprint)
 

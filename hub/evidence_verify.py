@@ -360,6 +360,8 @@ def render(v: Verification) -> list[str]:
         lines += ["", "chain of custody" + ("" if signed else " (from a manifest whose "
                                             "signature did NOT verify)") + ":"]
         cu = m.get("custody") or {}
+        lines.append(f"  installation: {m.get('installation_id')}, site: {m.get('site')}, "
+                     f"incident: {m.get('incident_id')}")
         rec = cu.get("recorded") or {}
         cams = ", ".join(f"{c.get('id')} ({c.get('source') or 'unknown source'})"
                          for c in rec.get("cameras") or [])

@@ -52,6 +52,7 @@ from hub import schema as t
 from hub.bus import BusError, IncidentEvent
 from hub.bus.messages import RecordingStatus
 from hub.config import RecordingConfig
+from hub.settings import node_id
 from hub.models import Incident
 from hub.store import Conflict, NotFound, Store
 
@@ -195,8 +196,17 @@ class Recording:
 class RecordingsIndex:
     """The ``recordings``, ``evidence_locks`` and ``clips`` tables."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, node: str | None = None) -> None:
+        """``node``: this hub's data folder (hub.settings.node_id). With several hubs on
+        one store each sees only the rows of its own files (and rows from before the
+        column existed); None sees every row (tools, tests)."""
         self.store = store
+        self.node = node
+
+    def _mine(self, r: Any = t.recordings.c) -> Any:
+        if self.node is None:
+            return sa.true()
+        return sa.or_(r.node == self.node, r.node.is_(None))
 
     async def add(self, camera: str, rel: str, start: float, *, end: float | None = None,
                   size: int = 0, codec: str | None = None, width: int | None = None,
@@ -204,7 +214,7 @@ class RecordingsIndex:
                   note: str | None = None) -> None:
         values = {"camera": camera, "start_at": iso(start), "end_at": iso(end or start),
                   "path": rel, "size": size, "codec": codec, "width": width,
-                  "height": height, "state": state, "note": note}
+                  "height": height, "state": state, "note": note, "node": self.node}
         await self.store.tx(lambda c: c.execute(sa.insert(t.recordings).values(**values)))
 
     async def finish(self, rel: str, *, end: float | None, size: int, state: str,
@@ -216,15 +226,17 @@ class RecordingsIndex:
         if start is not None:
             values["start_at"] = iso(start)
         await self.store.tx(lambda c: c.execute(
-            sa.update(t.recordings).where(r.path == rel).values(**values)))
+            sa.update(t.recordings).where(r.path == rel, self._mine()).values(**values)))
 
     async def forget(self, rel: str) -> None:
         r = t.recordings.c
-        await self.store.tx(lambda c: c.execute(sa.delete(t.recordings).where(r.path == rel)))
+        await self.store.tx(lambda c: c.execute(
+            sa.delete(t.recordings).where(r.path == rel, self._mine())))
 
     async def paths(self) -> set[str]:
         r = t.recordings.c
-        rows = await self.store.read(lambda c: c.execute(sa.select(r.path)).all())
+        rows = await self.store.read(lambda c: c.execute(
+            sa.select(r.path).where(self._mine())).all())
         return {row[0] for row in rows}
 
     async def unfinished(self) -> list[Recording]:
@@ -235,7 +247,7 @@ class RecordingsIndex:
                     ids: Sequence[int] | None = None) -> list[Recording]:
         """Recordings overlapping ``[since, until]``, oldest first, with their locks."""
         r, lk = t.recordings.c, t.evidence_locks.c
-        stmt = sa.select(t.recordings)
+        stmt = sa.select(t.recordings).where(self._mine())
         if camera is not None:
             stmt = stmt.where(r.camera == camera)
         if since is not None:  # a segment being written has no end yet: keep it
@@ -270,14 +282,15 @@ class RecordingsIndex:
     async def total_size(self) -> int:
         r = t.recordings.c
         n = await self.store.read(lambda c: c.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(r.size), 0))).scalar())
+            sa.select(sa.func.coalesce(sa.func.sum(r.size), 0)).where(self._mine())).scalar())
         return int(n or 0)
 
     async def deletable(self, *, ended_before: float | None = None, limit: int = 500
                         ) -> list[tuple[int, str, int]]:
         """(id, path, size) of unlocked, finished recordings, oldest first."""
         r = t.recordings.c
-        stmt = sa.select(r.id, r.path, r.size).where(r.state != "recording", _unlocked())
+        stmt = sa.select(r.id, r.path, r.size).where(r.state != "recording", _unlocked(),
+                                                     self._mine())
         if ended_before is not None:
             stmt = stmt.where(r.end_at < iso(ended_before))
         stmt = stmt.order_by(r.start_at, r.id).limit(limit)
@@ -288,7 +301,7 @@ class RecordingsIndex:
         """Delete the row unless a lock covers it now (checked in the same statement)."""
         r = t.recordings.c
         n = await self.store.tx(lambda c: c.execute(sa.delete(t.recordings).where(
-            r.id == rec_id, r.state != "recording", _unlocked())).rowcount)
+            r.id == rec_id, r.state != "recording", _unlocked(), self._mine())).rowcount)
         return bool(n)
 
     # --- evidence locks --------------------------------------------------------------
@@ -344,7 +357,7 @@ class RecordingService:
         self.state = state
         self.config: RecordingConfig = state.site.rules.recording
         self.data_dir = state.settings.data_dir
-        self.index = RecordingsIndex(state.store)
+        self.index = RecordingsIndex(state.store, node_id(self.data_dir))
         self.recorders = recorders if self.config.enabled else None
         self.repair_file = repair
         self.cut_file = cut_clip

@@ -196,9 +196,13 @@ recordings = Table(
     Column("height", Integer),
     Column("state", Text, nullable=False),
     Column("note", Text),  # what the repair found
+    # The hub whose data folder holds the file (hub.settings.node_id); NULL for rows
+    # from before migration 0004. Repair, retention and replay see only their own.
+    Column("node", Text),
 )
 Index("recordings_camera_start", recordings.c.camera, recordings.c.start_at)
 Index("recordings_start", recordings.c.start_at)
+Index("recordings_node_start", recordings.c.node, recordings.c.start_at)
 
 # Evidence locks: a camera's time window kept for an incident. Every segment of that
 # camera overlapping the window (written before or after the lock) is kept by retention

@@ -7,6 +7,7 @@ module-level singleton. Secrets and deployment choices come from the environment
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,27 @@ class Settings:
 def store_location(settings: Settings) -> str | Path:
     """Where the store lives: GRIDHUB_DATABASE_URL, else the SQLite file in the data folder."""
     return settings.database_url or settings.data_dir / "gridhub.sqlite3"
+
+
+def node_id(data_dir: Path) -> str:
+    """This hub's data folder's id (``node-id`` in it, made on first use): which folder
+    holds a recorded file, when several hubs share one store."""
+    path = data_dir / "node-id"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    data_dir.mkdir(parents=True, exist_ok=True)
+    made = f"node-{uuid.uuid4().hex[:12]}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # another process made it first: take theirs
+        return path.read_text().strip() or made
+    with os.fdopen(fd, "w") as fh:
+        fh.write(made + "\n")
+    return made
 
 
 def _csv(value: str | None) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -345,6 +346,30 @@ class Store:
         await self.tx(lambda c: self._upsert(
             c, t.documents, {"scope": scope, "key": key, "updated_at": now, "doc": text},
             keys=("scope", "key")))
+
+    async def installation(self) -> dict[str, Any]:
+        """This installation's identity, ``{"id", "created_at"}``: made by the first hub
+        to open the store and shared by every hub on it (evidence manifests name it)."""
+        found = await self.get_doc("installation", "id")
+        if found is not None:
+            return dict(found)
+        made = {"id": f"gh-{uuid.uuid4()}",
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        d = t.documents.c
+
+        def run(c: Connection) -> None:  # the first hub wins; the others read its id
+            if c.execute(sa.select(d.key).where(d.scope == "installation",
+                                                d.key == "id")).first() is None:
+                c.execute(sa.insert(t.documents).values(
+                    scope="installation", key="id", updated_at=made["created_at"],
+                    doc=json.dumps(made, sort_keys=True)))
+
+        try:
+            await self.tx(run)
+        except Conflict:  # another hub inserted it between the check and the insert
+            pass
+        found = await self.get_doc("installation", "id")
+        return dict(found) if found is not None else made
 
     async def get_doc(self, scope: str, key: str) -> Any | None:
         d = t.documents.c

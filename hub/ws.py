@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
 _GONE = "\x00gone"  # queued when the client's reader ends (never sent)
-BATCH_INTERVAL_S = 0.025  # batch clients: at most one frame per this interval
+# Batch clients get at most one frame per interval (an idle client gets an event at once;
+# under load, the events of an interval share a frame). Department and patrol consoles
+# act on what they receive (a dispatch): 25 ms. Command-center screens (operators,
+# dispatchers, wall, reviewers) watch many cases: 100 ms, ten frames a second at most,
+# below what a person notices. Every frame is a socket write per console, the largest
+# cost of a hub with 200 consoles at full load.
+BATCH_INTERVAL_S = 0.025
+WATCH_INTERVAL_S = 0.1
+ACTING_ROLES = frozenset({"department", "patrol"})
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is dropped
 MAX_INBOUND_BYTES = 16 * 1024  # larger client messages are refused unparsed
 
@@ -47,6 +55,11 @@ class InboundError(Exception):
     def __init__(self, message: str, code: str = "bad_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+def frame_interval(user: User) -> float:
+    """The shortest time between two frames to a batch client of this user."""
+    return BATCH_INTERVAL_S if user.role in ACTING_ROLES else WATCH_INTERVAL_S
 
 
 def audience(user: User) -> tuple[str | None, ...]:
@@ -136,17 +149,17 @@ class Clients:
         reader.add_done_callback(lambda _: self._wake(client))
         stalled = False
         loop = asyncio.get_running_loop()
-        last_sent = 0.0
+        last_sent, interval = 0.0, frame_interval(user)
         try:
             while not reader.done():
                 text = await client.queue.get()
                 if text is _GONE or reader.done() or client.overflowed:
                     break
                 if batch:
-                    # At most one frame per BATCH_INTERVAL_S per client: under load the
-                    # events of that interval share a frame; an idle client gets an
-                    # event at once.
-                    wait = last_sent + BATCH_INTERVAL_S - loop.time()
+                    # At most one frame per interval per client (frame_interval): under
+                    # load the events of that interval share a frame; an idle client
+                    # gets an event at once.
+                    wait = last_sent + interval - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 if batch and not client.queue.empty():

@@ -181,6 +181,8 @@ async def test_exported_bundle_verifies_and_each_changed_member_is_named(
     assert manifest["exported_by"]["username"] == "reviewer"
     assert manifest["reason"] == "法院调取 court order 2026-118"
     assert manifest["key_fingerprint"] == key["fingerprint"]
+    assert manifest["installation_id"] == key["installation_id"]
+    assert manifest["installation_id"].startswith("gh-")
     datetime.fromisoformat(manifest["exported_at"])
     listed = {f["path"]: f for f in manifest["files"]}
     assert set(listed) == set(names) - {"manifest.json", "manifest.sig"}
@@ -441,10 +443,11 @@ async def test_key_is_made_once_and_kept_across_restarts(demo_config: Path,
     for _ in range(2):
         async with running_hub(demo_config, data) as hub, client(hub) as c:
             r = await c.get("/api/evidence/key", headers=await login(c, "reviewer"))
-            seen.append((r.json()["fingerprint"], (data / KEY_FILE).read_bytes()))
+            seen.append((r.json()["fingerprint"], (data / KEY_FILE).read_bytes(),
+                         r.json()["installation_id"]))
         assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
-    assert seen[0] == seen[1]
-    assert b"BEGIN PRIVATE KEY" in seen[0][1]
+    assert seen[0] == seen[1]  # the installation id is kept too (in the store)
+    assert b"BEGIN PRIVATE KEY" in seen[0][1] and seen[0][2].startswith("gh-")
 
 
 @pytest.mark.parametrize("content", [

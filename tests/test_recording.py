@@ -159,6 +159,54 @@ async def test_records_rtsp_camera_into_segments_by_stream_copy(
             assert r.status_code == 403, (url, r.status_code)
 
 
+async def test_records_h265_rtsp_camera_by_stream_copy(demo_config: Path,
+                                                       tmp_path: Path) -> None:
+    """An H.265 camera (the real GStreamer RTSP server, rtph265pay) is recorded the same
+    way: hvc1 segments with the VPS/SPS/PPS in their hvcC, every file decodes with the
+    right length, and each sample is byte for byte an access unit the camera sent."""
+    clip = Path(peer.make_clip(tmp_path / "main.h265", width=640, height=360, fps=FPS,
+                               seconds=6, codec="hevc"))
+    sent = set()
+    for au in peer.hevc_access_units(clip.read_bytes()):
+        nals = [n[4:] for n in peer.nal_units(au)]
+        sent.add(tuple(n for n in nals if (n[0] >> 1) & 0x3F not in (32, 33, 34, 35)))
+    assert len(sent) > FPS  # the clip has distinct access units to compare with
+    server = peer.ServerProcess(["--h265", str(clip), "--fps", str(FPS)],
+                                tmp_path / "rtsp.log")
+    server.start()
+    try:
+        with_recording(demo_config, [rtsp_camera(server.url())], segment_s=2,
+                       preroll_s=2, postroll_s=2, min_free_gb=0)
+        async with running_hub(demo_config, tmp_path / "data", with_worker=True) as hub, \
+                httpx.AsyncClient(base_url=hub.url) as c:
+            h = await login(c, "operator")
+
+            async def two_complete() -> list[dict[str, Any]] | None:
+                r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+                done = [i for i in r.json()["items"] if i["state"] == "complete"]
+                return done if len(done) >= 2 else None
+
+            items = await until(two_complete, 40, "two complete H.265 segments")
+            for n, it in enumerate(items):
+                assert (it["codec"], it["width"], it["height"]) == ("hevc", 640, 360), it
+                r = await c.get(it["url"], headers=h)
+                assert r.status_code == 200, r.text
+                seg = tmp_path / f"seg{n}.mp4"
+                seg.write_bytes(r.content)
+                assert b"hvcC" in r.content[:4096]
+                length = (datetime.fromisoformat(it["end"])
+                          - datetime.fromisoformat(it["start"])).total_seconds()
+                assert 1.5 <= length <= 3.5, it
+                frames, duration = decode_all(seg)
+                assert abs(duration - length) < 0.3, (duration, length)
+                assert abs(frames - length * FPS) <= 2, (frames, length)
+                samples = samples_of(seg)
+                assert len(samples) == frames
+                assert all(x in sent for x in samples)  # byte-identical to what was sent
+    finally:
+        server.kill()
+
+
 async def test_incident_clip_is_cut_locked_attached_and_served_with_ranges(
         rec_hub: RunningHub) -> None:
     """A detector incident locks its window and gets a clip of [t - 2 s, t + 2 s] (from the

@@ -3,6 +3,7 @@ migrations, and a timeline whose edits are detected."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def test_migrate_command_creates_the_schema_and_refuses_a_bad_url(tmp_path: Path
     database is a clear error (exit 2), not a traceback."""
     ok = subprocess.run([sys.executable, "-m", "hub", "migrate", "--data", str(tmp_path)],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "schema at revision 0003" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "schema at revision 0004" in ok.stdout, ok.stderr
     bad = subprocess.run([sys.executable, "-m", "hub", "migrate", "--database-url",
                           "postgresql://nobody@127.0.0.1:1/none"],
                          capture_output=True, text=True, timeout=60)
@@ -286,3 +287,67 @@ async def test_recordings_index_locks_and_clips(db_url: str) -> None:
     assert await idx.delete_if_unlocked(locked)
     assert (await idx.locks("inc_rec"))[0]["released_by"] == "reviewer"
     await store.close()
+
+
+async def test_installation_id_is_made_once_and_shared_by_every_hub_on_the_store(
+        db_url: str) -> None:
+    """Two hubs opening one store at once get one installation id, kept across reopening."""
+    a, b = Store(db_url), Store(db_url)
+    await a.open()
+    await b.open()
+    ids = await asyncio.gather(a.installation(), b.installation(), a.installation())
+    assert len({i["id"] for i in ids}) == 1 and ids[0]["id"].startswith("gh-")
+    await a.close()
+    await b.close()
+    c = Store(db_url)
+    await c.open()
+    assert (await c.installation()) == ids[0]
+    await c.close()
+
+
+async def test_each_hub_sees_only_the_recordings_in_its_own_data_folder(db_url: str) -> None:
+    """Several hubs on one store (migration 0004): repair, retention, quota and replay of
+    one hub see its own rows and rows from before the column (no node), never another
+    hub's, so a hub cannot mark another's segment damaged or delete its row."""
+    import time
+
+    import sqlalchemy as sa
+
+    from hub import schema as t
+    from hub.recordings import RecordingsIndex
+
+    store = Store(db_url)
+    await store.open()
+    a, b, every = (RecordingsIndex(store, "node-a"), RecordingsIndex(store, "node-b"),
+                   RecordingsIndex(store))
+    t0 = time.time() - 3600
+    await a.add("cam1", "recordings/cam1/a0.mp4", t0, end=t0 + 60, size=10, state="complete")
+    await a.add("cam1", "recordings/cam1/a1.mp4", t0 + 60, state="recording")
+    await b.add("cam2", "recordings/cam2/b0.mp4", t0, end=t0 + 60, size=100, state="complete")
+    await b.add("cam2", "recordings/cam2/b1.mp4", t0 + 60, state="recording")
+    await store.tx(lambda c: c.execute(sa.insert(t.recordings).values(  # before 0004
+        camera="cam0", start_at=iso(t0 - 60), end_at=iso(t0), path="recordings/old.mp4",
+        size=1000, state="complete")))
+    assert await a.paths() == {"recordings/cam1/a0.mp4", "recordings/cam1/a1.mp4",
+                               "recordings/old.mp4"}
+    assert [r.path for r in await a.unfinished()] == ["recordings/cam1/a1.mp4"]
+    assert [r.path for r in await b.unfinished()] == ["recordings/cam2/b1.mp4"]
+    assert await a.total_size() == 1010 and await b.total_size() == 1100
+    assert [p for _, p, _ in await a.deletable()] == ["recordings/old.mp4",
+                                                      "recordings/cam1/a0.mp4"]
+    assert [r.path for r in await a.query(camera="cam2")] == []  # b's files are not here
+    b0 = (await b.query(camera="cam2"))[0]
+    assert not await a.delete_if_unlocked(b0.id)
+    await a.finish("recordings/cam2/b1.mp4", end=t0 + 99, size=1, state="damaged")
+    await a.forget("recordings/cam2/b0.mp4")
+    assert [(r.path, r.state) for r in await b.query(camera="cam2")] == [
+        ("recordings/cam2/b0.mp4", "complete"), ("recordings/cam2/b1.mp4", "recording")]
+    assert len(await every.query()) == 5
+    assert await b.delete_if_unlocked(b0.id)
+    await store.close()
+
+
+def iso(ts: float) -> str:
+    from hub.recordings import iso as rec_iso
+
+    return rec_iso(ts)

@@ -82,6 +82,36 @@ def access_units(data: bytes) -> list[bytes]:
     return aus
 
 
+# H.265 (HEVC): a two-byte NAL header, the type in bits 1-6 of the first byte.
+HEVC_VCL = set(range(32))
+HEVC_PARAMS_OR_SEI = {32, 33, 34, 35, 39}  # VPS, SPS, PPS, AUD, prefix SEI
+
+
+def hevc_type(nal: bytes) -> int:
+    """The type of an H.265 NAL unit with its 4-byte start code."""
+    return (nal[4] >> 1) & 0x3F
+
+
+def hevc_access_units(data: bytes) -> list[bytes]:
+    """Group H.265 NAL units into access units (H.265 7.4.2.4.4: a new AU starts at an
+    AUD, parameter set or prefix SEI after a slice, or at a slice segment whose
+    first_slice_segment_in_pic_flag is set)."""
+    aus: list[bytes] = []
+    cur: list[bytes] = []
+    seen_vcl = False
+    for nal in nal_units(data):
+        kind = hevc_type(nal)
+        first = kind in HEVC_VCL and len(nal) > 6 and nal[6] & 0x80 != 0
+        if cur and seen_vcl and (kind in HEVC_PARAMS_OR_SEI or first):
+            aus.append(b"".join(cur))
+            cur, seen_vcl = [], False
+        cur.append(nal)
+        seen_vcl = seen_vcl or kind in HEVC_VCL
+    if cur:
+        aus.append(b"".join(cur))
+    return aus
+
+
 def is_idr(au: bytes) -> bool:
     return any(n[4] & 0x1F == 5 for n in nal_units(au))
 
@@ -105,20 +135,28 @@ def damage(au: bytes, rnd: random.Random) -> bytes:
 
 def make_clip(path: Path, *, width: int, height: int, fps: int = 15, seconds: float = 6.0,
               gop: int | None = None, preset: str = "ultrafast",
-              bitrate: str | None = None) -> Path:
+              bitrate: str | None = None, codec: str = "h264") -> Path:
     """An Annex B H.264 clip like a camera's: SPS/PPS before every IDR, no B-frames, a
     ``gop``-frame GOP (default 1 s). ``ultrafast`` is cheap to make and decode (CAVLC, no
-    deblocking); ``veryfast`` with a ``bitrate`` such as "2M" is closer to a camera."""
+    deblocking); ``veryfast`` with a ``bitrate`` such as "2M" is closer to a camera.
+    ``codec="hevc"``: the same as H.265 (libx265, VPS/SPS/PPS before every IRAP)."""
     gop = gop or fps
     rate = ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate] if bitrate else []
+    if codec == "hevc":
+        enc = ["-c:v", "libx265", "-preset", preset, "-tune", "zerolatency", *rate,
+               "-g", str(gop), "-bf", "0", "-pix_fmt", "yuv420p", "-x265-params",
+               f"repeat-headers=1:aud=1:scenecut=0:keyint={gop}:min-keyint={gop}:"
+               "log-level=error", "-f", "hevc"]
+    else:
+        enc = ["-c:v", "libx264", "-preset", preset, "-tune", "zerolatency", *rate,
+               "-g", str(gop), "-sc_threshold", "0", "-bf", "0", "-pix_fmt", "yuv420p",
+               "-x264-params", "repeat-headers=1:aud=1", "-f", "h264"]
     if not path.exists():
-        tmp = path.with_suffix(".tmp.h264")
+        tmp = path.with_suffix(".tmp" + path.suffix)
         subprocess.run(
             [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-             f"testsrc2=size={width}x{height}:rate={fps}", "-t", str(seconds),
-             "-c:v", "libx264", "-preset", preset, "-tune", "zerolatency", *rate,
-             "-g", str(gop), "-sc_threshold", "0", "-bf", "0", "-pix_fmt", "yuv420p",
-             "-x264-params", "repeat-headers=1:aud=1", "-f", "h264", str(tmp)],
+             f"testsrc2=size={width}x{height}:rate={fps}", "-t", str(seconds), *enc,
+             str(tmp)],
             check=True, timeout=120,
         )
         tmp.rename(path)
@@ -214,6 +252,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--mount", action="append", help="path to serve (default /cam)")
     ap.add_argument("--h264", help="Annex B H.264 file to serve, looped")
+    ap.add_argument("--h265", help="Annex B H.265 file to serve, looped")
     ap.add_argument("--testsrc", help="WxH: serve videotestsrc ! x264enc instead")
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--sdp-fps", type=int, help="frame rate announced in the SDP (default "
@@ -222,8 +261,8 @@ def main() -> int:
     ap.add_argument("--shared", action="store_true",
                     help="one pipeline for all clients: a client joins mid-GOP")
     args = ap.parse_args()
-    if bool(args.h264) == bool(args.testsrc):
-        ap.error("give exactly one of --h264 and --testsrc")
+    if sum(map(bool, (args.h264, args.h265, args.testsrc))) != 1:
+        ap.error("give exactly one of --h264, --h265 and --testsrc")
 
     import gi
 
@@ -239,11 +278,15 @@ def main() -> int:
     # (config-interval=-1) would put them between the slices of a multi-slice IDR.
     pay = "h264parse ! rtph264pay name=pay0 pt=96 config-interval=0"
     aus: list[bytes] = []
-    if args.h264:
-        with open(args.h264, "rb") as f:
-            aus = access_units(f.read())
+    if args.h265:
+        caps = caps.replace("x-h264", "x-h265")
+        pay = "h265parse ! rtph265pay name=pay0 pt=96 config-interval=0"
+    if args.h264 or args.h265:
+        with open(args.h264 or args.h265, "rb") as f:
+            data = f.read()
+        aus = hevc_access_units(data) if args.h265 else access_units(data)
         if not aus:
-            ap.error(f"{args.h264}: no H.264 access units")
+            ap.error(f"{args.h264 or args.h265}: no access units")
         launch = f'( appsrc name=src is-live=false format=time caps="{caps}" ! {pay} )'
     else:
         w, h = (int(v) for v in args.testsrc.split("x"))
