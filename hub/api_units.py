@@ -61,7 +61,9 @@ def _check_role(user: User) -> None:
 async def list_units(state: St, user: Me) -> list[UnitOut]:
     """Configured patrol units with their last fix, grid cell and online flag."""
     _check_role(user)
-    return [u for u in _service(state).units() if may_see_units(user, u.id)]
+    cases = await state.incidents.unit_cases()
+    return [u.model_copy(update={"cases": cases.get(u.id, [])})
+            for u in _service(state).units() if may_see_units(user, u.id)]
 
 
 class UnitName(BaseModel):

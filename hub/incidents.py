@@ -840,11 +840,7 @@ class IncidentService:
         cutoff = now.astimezone(UTC).isoformat()
         due = await self.store.query(state=OPEN, limit=None, oldest_first=True,
                                      where=[c.alarm_at <= cutoff])
-        a = t.assignments.c
-        busy = await self.store.read(lambda conn: conn.execute(
-            sa.select(a.assignee).distinct().join(t.incidents, c.id == a.incident_id).where(
-                a.assignee.like("unit:%"), c.state.in_(list(OPEN)))).scalars().all())
-        self._busy_units = {u.removeprefix("unit:") for u in busy}
+        self._busy_units = set(await self.unit_cases())
         for inc in due:
             try:
                 if await self._check_one(inc, now, wf.warn_at, wf.escalate_on_breach):
@@ -853,6 +849,18 @@ class IncidentService:
                 log.info("deadlines: %s skipped: %s", inc.id, err)
         changed += await self._overdue_challenges(now)
         return changed
+
+    async def unit_cases(self) -> dict[str, list[str]]:
+        """The open cases each patrol unit is assigned to (units with none left out)."""
+        a, c = t.assignments.c, t.incidents.c
+        rows = await self.store.read(lambda conn: conn.execute(
+            sa.select(a.assignee, a.incident_id).join(t.incidents, c.id == a.incident_id)
+            .where(a.assignee.like("unit:%"), c.state.in_(list(OPEN)))
+            .order_by(a.assignee, a.at)).all())
+        out: dict[str, list[str]] = {}
+        for assignee, iid in rows:
+            out.setdefault(assignee.removeprefix("unit:"), []).append(iid)
+        return out
 
     def alarm_at(self, inc: Incident) -> datetime | None:
         """The next time the checker must look at ``inc``: its next warning point or

@@ -100,6 +100,9 @@ class UnitOut(BaseModel):
     grid: GridRef | None = Field(None, description="Deepest grid node containing the last fix.")
     online: bool = Field(description="The unit sent something within the last stale_s seconds.")
     trail_length: int = Field(description="Points in the trail (bounded).")
+    cases: list[str] = Field(default_factory=list, description=(
+        "Open cases the unit is assigned to (busy when not empty; a dispatch to it is "
+        "still allowed)."))
 
 
 class UnitDetail(UnitOut):

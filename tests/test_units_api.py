@@ -182,6 +182,31 @@ async def test_units_before_any_telemetry(hub: RunningHub) -> None:
     assert (await get(hub, "/api/units/patrol-99", "operator")).status_code == 404
 
 
+async def test_units_list_their_open_cases(hub: RunningHub) -> None:
+    """A unit dispatched to a case lists it in ``cases`` (the console warns before sending
+    it to another) until the case is resolved; another dispatch to it is still allowed."""
+    headers = {"Authorization": f"Bearer {await token(hub, 'dispatcher')}"}
+    patrol = {"Authorization": f"Bearer {await token(hub, 'patrol-01')}"}
+    async with httpx.AsyncClient(base_url=hub.url, timeout=30, headers=headers) as c:
+        ids = []
+        for lon in (113.6671, 113.6691):
+            r = await c.post("/api/reports", json={
+                "type": "road_damage", "description": "坑", "position": {
+                    "lat": 34.7675, "lon": lon}})
+            assert r.status_code in (200, 201), r.text
+            ids.append(r.json()["incident"]["id"])
+        for iid in ids:
+            r = await c.post(f"/api/incidents/{iid}/dispatch", json={"units": ["patrol-01"]})
+            assert r.status_code == 200, r.text
+        units = {u["id"]: u for u in (await c.get("/api/units")).json()}
+        assert units["patrol-01"]["cases"] == ids and units["patrol-02"]["cases"] == []
+        for step, body in (("accept", {}), ("resolve", {"result": "填平"})):
+            r = await c.post(f"/api/incidents/{ids[0]}/{step}", json=body, headers=patrol)
+            assert r.status_code == 200, r.text
+        units = {u["id"]: u for u in (await c.get("/api/units")).json()}
+        assert units["patrol-01"]["cases"] == ids[1:]
+
+
 async def test_ws_telemetry_reaches_the_api_and_operators(hub: RunningHub) -> None:
     """A patrol account's fix over /ws shows up in GET /api/units with its grid cell and
     reaches an operator's /ws as unit.telemetry; a second fix moves it to the next cell."""

@@ -113,7 +113,16 @@ def test_case_from_detection_to_closure_in_four_browsers(
     disp.wait_for_selector("#dispatch-btn:not([disabled])", timeout=WAIT)
     one_click = disp.inner_text("#dispatch-btn")
     assert "民政局（牵头）" in one_click and "急救中心" in one_click
+    # patrol-02 is busy on another case: the picker says so (it may still be picked).
+    admin = {"Authorization": f"Bearer {redis_hub.token('admin')}"}
+    other = httpx.post(f"{url}/api/reports", headers=admin, json={
+        "type": "road_damage", "description": "另一处", "position": {
+            "lat": 34.7676, "lon": 113.6721}}).json()["incident"]["id"]
+    assert httpx.post(f"{url}/api/incidents/{other}/dispatch", headers=admin,
+                      json={"units": ["patrol-02"]}).status_code == 200
     disp.click("#dispatch-other summary")
+    disp.wait_for_selector("[data-busy=patrol-02]", timeout=WAIT)
+    assert disp.query_selector("[data-busy=patrol-01]") is None
     assert disp.is_checked("input[name=dispatch-dept][value=civil-affairs]")
     assert disp.is_checked("input[name=dispatch-dept][value=emergency-medical]")
     disp.select_option("#dispatch-lead", "civil-affairs")
@@ -259,8 +268,34 @@ def test_staff_report_hotline_merge_ledger_stats_and_escalation(
 
     # The ledger lists the open case; the statistics count and draw it.
     op.click("#view-tabs [data-view=ledger]")
-    op.wait_for_selector(f"#ledger-table tbody tr[data-id='{iid}']", timeout=WAIT)
+    ledger_row = f"#ledger-table tbody tr[data-id='{iid}']"
+    op.wait_for_selector(ledger_row, timeout=WAIT)
+    # Filters: the grid tree in order (indented by level), departments and types; the
+    # other cell hides the case, its street shows it again.
+    grid_opts = op.eval_on_selector_all("#ledger-grid option", "os => os.map(o => o.value)")
+    assert grid_opts[:6] == ["", "zz", "zz-jinshui", "zz-jinshui-jingba",
+                             "zz-jinshui-jingba-c1", "zz-jinshui-jingba-c1-g01"]
+    op.select_option("#ledger-grid", "zz-jinshui-jingba-c1-g02")
+    op.wait_for_selector(ledger_row, state="detached", timeout=WAIT)
+    op.select_option("#ledger-grid", "zz-jinshui-jingba")
+    op.wait_for_selector(ledger_row, timeout=WAIT)
+    op.select_option("#ledger-type", "illegal_business")
+    op.wait_for_selector(ledger_row, state="detached", timeout=WAIT)
+    op.select_option("#ledger-type", "")
+    op.wait_for_selector(ledger_row, timeout=WAIT)
     op.click("#view-tabs [data-view=stats]")
+    op.wait_for_selector("svg[data-chart=by_type] rect[data-type=road_damage]", timeout=WAIT)
+    assert op.input_value("#stats-grid") == "zz-jinshui-jingba"  # kept across the views
+    assert int(op.inner_text("#stats-figures [data-stat=received] .figure-value")) >= 1
+    with op.expect_response(lambda r: "/api/stats" in r.url and "type=illegal_business"
+                            in r.url and "grid=zz-jinshui-jingba" in r.url) as resp:
+        op.select_option("#stats-type", "illegal_business")
+    assert resp.value.ok and resp.value.json()["received"] == 0
+    op.wait_for_function("document.querySelector("
+                         "'#stats-figures [data-stat=received] .figure-value').textContent"
+                         ".trim() === '0'", timeout=WAIT)
+    op.select_option("#stats-type", "")
+    op.select_option("#stats-grid", "")
     op.wait_for_selector("svg[data-chart=by_type] rect[data-type=road_damage]", timeout=WAIT)
     assert int(op.inner_text("#stats-figures [data-stat=received] .figure-value")) >= 1
     assert op.locator("svg[data-chart=daily] rect.bar.received").count() >= 1

@@ -1185,6 +1185,10 @@ function renderDispatch(box, inc, busy) {
         onchange: (e) => { if (e.target.checked) pick.units.add(u.id); else pick.units.delete(u.id); },
       }),
       h("span", { text: `${u.name}${u.online ? "" : t("dispatch.unit_offline")}` }),
+      (u.cases || []).filter((c) => c !== inc.id).length
+        ? h("span", { class: "unit-busy", dataset: { busy: u.id },
+          text: t("dispatch.unit_busy", { n: u.cases.filter((c) => c !== inc.id).length }) })
+        : null,
     )) : h("span", { class: "muted small", text: t("dispatch.no_units") }),
   ),
   h("div", { class: "action-row" },

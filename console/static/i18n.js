@@ -52,6 +52,8 @@ const DICT = {
     "filter.type": "类型",
     "filter.severity": "等级",
     "filter.all": "全部",
+    "filter.grid": "网格",
+    "filter.department": "部门",
 
     "detail.placeholder": "从左侧列表选择一个事件查看详情",
     "detail.close": "关闭",
@@ -187,6 +189,7 @@ const DICT = {
     "dispatch.no_suggestion": "无建议处置对象，请在下方选择。",
     "dispatch.no_units": "无巡逻车",
     "dispatch.unit_offline": "（离线）",
+    "dispatch.unit_busy": "（正在处置 {n} 起案件）",
     "detail.source": "来源",
     "source.detector": "智能检测",
     "source.manual": "人工上报",
@@ -354,6 +357,8 @@ const DICT = {
     "filter.type": "Type",
     "filter.severity": "Severity",
     "filter.all": "All",
+    "filter.grid": "Grid",
+    "filter.department": "Department",
 
     "detail.placeholder": "Select an incident from the list to see details",
     "detail.close": "Close",
@@ -489,6 +494,7 @@ const DICT = {
     "dispatch.no_suggestion": "No suggestion: choose below.",
     "dispatch.no_units": "No patrol units",
     "dispatch.unit_offline": " (offline)",
+    "dispatch.unit_busy": " (busy: on {n} open case(s))",
     "detail.source": "Source",
     "source.detector": "Detector",
     "source.manual": "Reported by a person",

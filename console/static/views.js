@@ -16,6 +16,10 @@ let current = null;
 let ledgerTimer = 0;
 let ledgerSeq = 0;
 let statsSeq = 0;
+// Ledger and statistics filters (shared by both views; "" is all). The API narrows to the
+// user's scope anyway; these narrow further.
+const FILTERS = { grid: "", department: "", type: "" };
+let grids = null; // the grid tree as [{id, name, depth}], loaded once
 
 export function viewsForRole(role) {
   return BY_ROLE[role] || ["incidents"];
@@ -32,6 +36,66 @@ export function initViews(ctx) {
   C.$("#stats-csv").addEventListener("click", (ev) => download(ev, statsURL("csv"), "stats.csv"));
   C.$("#stats-period").addEventListener("change", () => { C.$("#stats-month").value = ""; loadStats(); });
   C.$("#stats-month").addEventListener("change", loadStats);
+  for (const view of ["ledger", "stats"]) buildFilters(view);
+}
+
+// --- filters (grid, department, type) -------------------------------------------------
+function buildFilters(view) {
+  const box = C.$(`#${view}-filters`);
+  for (const key of Object.keys(FILTERS)) {
+    const sel = C.h("select", { id: `${view}-${key}`, name: key });
+    sel.addEventListener("change", () => {
+      FILTERS[key] = sel.value;
+      if (view === "ledger") loadLedger(); else loadStats();
+    });
+    box.append(C.h("label", { class: "filter" },
+      C.h("span", { dataset: { i18n: `filter.${key}` }, text: C.t(`filter.${key}`) }), sel));
+  }
+}
+
+/** The grid tree in order, each node with its depth (city 0, district 1, ...). */
+async function loadGrids() {
+  if (grids) return grids;
+  try {
+    const fc = await C.api("/api/grids");
+    const nodes = (fc.features || []).map((f) => f.properties);
+    const kids = new Map();
+    for (const n of nodes) {
+      const k = nodes.some((m) => m.id === n.parent) ? n.parent : null;
+      if (!kids.has(k)) kids.set(k, []);
+      kids.get(k).push(n);
+    }
+    const out = [];
+    const walk = (parent, depth) => {
+      for (const n of kids.get(parent) || []) { out.push({ ...n, depth }); walk(n.id, depth + 1); }
+    };
+    walk(null, 0);
+    grids = out;
+  } catch (err) {
+    if (!C.isAbort(err)) grids = null;
+    return [];
+  }
+  return grids;
+}
+
+function fillSelect(sel, options, value) {
+  const all = C.h("option", { value: "", text: C.t("filter.all") });
+  sel.replaceChildren(all, ...options.map(([v, text]) => C.h("option", { value: v, text })));
+  sel.value = options.some(([v]) => v === value) ? value : "";
+  FILTERS[sel.name] = sel.value;
+}
+
+async function fillFilters(view) {
+  const tree = await loadGrids();
+  fillSelect(C.$(`#${view}-grid`), tree.map((g) => [g.id, "\u3000".repeat(g.depth) + g.name]), FILTERS.grid);
+  fillSelect(C.$(`#${view}-department`), (C.state.departments || []).map((d) => [d.id, C.deptName(d.id)]),
+    FILTERS.department);
+  fillSelect(C.$(`#${view}-type`), C.types().map((ty) => [ty.id, C.label("type", ty.id)]), FILTERS.type);
+}
+
+function withFilters(qs) {
+  for (const [k, v] of Object.entries(FILTERS)) if (v) qs.set(k, v);
+  return qs;
 }
 
 /** Show one view (null: none, at sign-in). */
@@ -49,8 +113,8 @@ export function showView(name) {
   }
   for (const [v, sel] of Object.entries(MAIN)) document.querySelector(sel).hidden = v !== name;
   if (name === "hotline") fillHotline();
-  if (name === "ledger") loadLedger();
-  if (name === "stats") loadStats();
+  if (name === "ledger") fillFilters("ledger").then(loadLedger);
+  if (name === "stats") fillFilters("stats").then(loadStats);
 }
 
 /** An incident changed: keep a visible ledger current (coalesced). */
@@ -136,7 +200,10 @@ async function onHotline(ev) {
 
 // --- ledger ------------------------------------------------------------------------------
 function ledgerURL(fmt) {
-  return `/api/ledger${fmt === "csv" ? "?format=csv" : ""}`;
+  const qs = withFilters(new URLSearchParams());
+  if (fmt === "csv") qs.set("format", "csv");
+  const q = qs.toString();
+  return `/api/ledger${q ? `?${q}` : ""}`;
 }
 
 function fmtAgeS(s) {
@@ -184,7 +251,7 @@ function period() {
 }
 
 function statsURL(fmt) {
-  const qs = new URLSearchParams({ period: period() });
+  const qs = withFilters(new URLSearchParams({ period: period() }));
   if (fmt === "csv") qs.set("format", "csv");
   return `/api/stats?${qs}`;
 }
