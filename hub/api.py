@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import (
@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
+from hub import schema as t
 from hub.app import HubState, hub_state
 from hub.auth import TOKEN_TTL_S, AuthError
 from hub.cameras import CameraError, CameraExists, UnknownCamera
@@ -298,16 +299,21 @@ async def list_incidents(
     type: Annotated[str | None, Query(description="Incident type id.")] = None,
     severity: Severity | None = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")
+                     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> IncidentList:
-    """Incidents the user may see, newest first."""
+    """Incidents the user may see, newest first (``since`` and ``until`` bound a window:
+    the replay page asks for the incidents of the minutes it shows)."""
     if type is not None and type not in state.site.incident_type_ids():
         raise HTTPException(
             422, f"unknown incident type {type!r}; known: "
             f"{', '.join(sorted(state.site.incident_type_ids()))}",
         )
+    where = [] if until is None else [
+        t.incidents.c.created_at <= until.astimezone(UTC).isoformat()]
     items = await state.store.query(
-        state=state_, type=type, severity=severity, since=since, limit=limit
+        state=state_, type=type, severity=severity, since=since, limit=limit, where=where
     )
     return IncidentList(items=[i for i in items if can_see(state.site, user, i)])
 

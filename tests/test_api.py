@@ -233,6 +233,15 @@ async def test_list_filters(hub_server: RunningHub) -> None:
         assert (await c.get("/api/incidents?type=fire", headers=op)).status_code == 422
         assert (await c.get("/api/incidents?severity=purple", headers=op)).status_code == 422
         assert (await c.get("/api/incidents?since=yesterday", headers=op)).status_code == 422
+        # since/until bound a window of creation times (the replay page's markers).
+        first, second = sorted(got, key=lambda i: i["created_at"])
+        between = {"since": first["created_at"], "until": first["created_at"]}
+        got = (await c.get("/api/incidents", params=between, headers=op)).json()["items"]
+        assert [i["id"] for i in got] == [first["id"]]
+        got = (await c.get("/api/incidents", headers=op, params={
+            "until": second["created_at"]})).json()["items"]
+        assert {i["id"] for i in got} == {first["id"], second["id"]}
+        assert (await c.get("/api/incidents?until=soon", headers=op)).status_code == 422
 
 
 async def test_oversized_body_is_413_and_server_stays_up(hub_server: RunningHub) -> None:

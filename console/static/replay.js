@@ -346,10 +346,12 @@ async function load() {
 }
 
 async function loadMarkers(gen) {
-  const since = isoOf(S.from - 3600); // listed by creation, a little after they start
+  // Listed by creation, which comes a little after the start (a detector waits for its
+  // evidence; a report after the event): the window with margins on both sides.
+  const qs = new URLSearchParams({ since: isoOf(S.from - 3600), until: isoOf(S.to + 600), limit: "1000" });
   let items = [];
   try {
-    items = (await api(`/api/incidents?since=${encodeURIComponent(since)}&limit=1000`)).items;
+    items = (await api(`/api/incidents?${qs}`)).items;
   } catch (e) {
     if (e.status === 401) throw e;
   }
