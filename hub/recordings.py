@@ -52,8 +52,8 @@ from hub import schema as t
 from hub.bus import BusError, IncidentEvent
 from hub.bus.messages import RecordingStatus
 from hub.config import RecordingConfig
-from hub.settings import node_id
 from hub.models import Incident
+from hub.settings import node_id
 from hub.store import Conflict, NotFound, Store
 
 if TYPE_CHECKING:

@@ -100,7 +100,8 @@ def _projection(inc: Incident, alarm: datetime | None = None, doc: str | None = 
         "alarm_at": _iso(alarm),
         "type": inc.type, "state": inc.state, "severity": inc.severity, "grid_id": inc.grid_id,
         "created_at": _iso(inc.created_at), "updated_at": _iso(inc.updated_at),
-        "doc": doc if doc is not None else inc.model_dump_json(), "version": inc.version, "source": inc.source,
+        "doc": doc if doc is not None else inc.model_dump_json(), "version": inc.version,
+        "source": inc.source,
         "queue_grid": inc.queue_grid, "lat": pos[0] if pos else None,
         "lon": pos[1] if pos else None, "ack_due": _iso(inc.ack_due),
         "resolve_due": _iso(inc.resolve_due), "dispatched_at": _iso(inc.dispatched_at),
@@ -131,6 +132,14 @@ DOC_CACHE = 4096  # incident documents kept in memory by a SQLite store
 _COMPILED: dict[tuple[str, int, tuple[str, ...]], tuple[Any, tuple[str, ...] | None]] = {}
 
 
+def _driver(conn: Connection) -> Any:
+    """The driver's own connection (sqlite3 or psycopg) under a SQLAlchemy connection."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise StoreError("the store's connection is closed")
+    return raw
+
+
 def _execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
     """Run one of the hot statements on the driver's own cursor, in ``conn``'s
     transaction; returns that cursor. Compiled once per dialect and parameter names.
@@ -147,7 +156,7 @@ def _execute(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
         found = _COMPILED[key] = (compiled, order)
     compiled, order = found
     values = compiled.construct_params(params, _check=False)
-    cur = conn.connection.driver_connection.cursor()
+    cur = _driver(conn).cursor()
     cur.execute(compiled.string, [values[k] for k in order] if order is not None else values)
     return cur
 
@@ -318,14 +327,16 @@ class Store:
         with self.engine.begin() as conn:
             # Savepoints on the driver's cursor: SQLAlchemy's begin_nested compiles a
             # statement for each SAVEPOINT and RELEASE (a third of a write's CPU).
-            cur = conn.connection.driver_connection.cursor()
+            cur = _driver(conn).cursor()
+            integrity = (IntegrityError, getattr(conn.dialect.dbapi, "IntegrityError",
+                                                 IntegrityError))
             for fn in fns:
                 cur.execute("SAVEPOINT gridhub_write")
                 try:
                     value = fn(conn)
                     cur.execute("RELEASE SAVEPOINT gridhub_write")
                     results.append((True, value))
-                except (IntegrityError, conn.dialect.dbapi.IntegrityError) as err:
+                except integrity as err:
                     # a racing writer took the same key first
                     self._undo(cur)
                     results.append((False, Conflict(
