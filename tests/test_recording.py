@@ -167,7 +167,7 @@ async def test_records_h265_rtsp_camera_by_stream_copy(demo_config: Path,
     clip = Path(peer.make_clip(tmp_path / "main.h265", width=640, height=360, fps=FPS,
                                seconds=6, codec="hevc"))
     sent = set()
-    for au in peer.hevc_access_units(await asyncio.to_thread(clip.read_bytes)):
+    for au in peer.access_units(await asyncio.to_thread(clip.read_bytes), hevc=True):
         nals = [n[4:] for n in peer.nal_units(au)]
         sent.add(tuple(n for n in nals if (n[0] >> 1) & 0x3F not in (32, 33, 34, 35)))
     assert len(sent) > FPS  # the clip has distinct access units to compare with

@@ -63,20 +63,24 @@ def nal_units(data: bytes) -> list[bytes]:
     return out
 
 
-def access_units(data: bytes) -> list[bytes]:
-    """Group NAL units into access units (H.264 7.4.1.2.3: a new AU starts at an AUD,
-    SPS, PPS or SEI after a slice, or at a slice whose first_mb_in_slice is 0)."""
+def access_units(data: bytes, hevc: bool = False) -> list[bytes]:
+    """Group NAL units into access units. H.264 (7.4.1.2.3): a new AU starts at an AUD,
+    SPS, PPS or SEI after a slice, or at a slice whose first_mb_in_slice is 0. H.265
+    (``hevc``, 7.4.2.4.4): at an AUD, parameter set or prefix SEI after a slice, or at a
+    slice segment whose first_slice_segment_in_pic_flag is set. Both flags are the first
+    bit after the NAL header (one byte in H.264, two in H.265)."""
+    vcl, starts, header = (HEVC_VCL, HEVC_PARAMS_OR_SEI, 2) if hevc else (VCL, PARAMS_OR_SEI, 1)
     aus: list[bytes] = []
     cur: list[bytes] = []
     seen_vcl = False
     for nal in nal_units(data):
-        kind = nal[4] & 0x1F
-        first_mb_zero = kind in VCL and len(nal) > 5 and nal[5] & 0x80 != 0
-        if cur and seen_vcl and (kind in PARAMS_OR_SEI or first_mb_zero):
+        kind = hevc_type(nal) if hevc else nal[4] & 0x1F
+        first = kind in vcl and len(nal) > 4 + header and nal[4 + header] & 0x80 != 0
+        if cur and seen_vcl and (kind in starts or first):
             aus.append(b"".join(cur))
             cur, seen_vcl = [], False
         cur.append(nal)
-        seen_vcl = seen_vcl or kind in VCL
+        seen_vcl = seen_vcl or kind in vcl
     if cur:
         aus.append(b"".join(cur))
     return aus
@@ -90,26 +94,6 @@ HEVC_PARAMS_OR_SEI = {32, 33, 34, 35, 39}  # VPS, SPS, PPS, AUD, prefix SEI
 def hevc_type(nal: bytes) -> int:
     """The type of an H.265 NAL unit with its 4-byte start code."""
     return (nal[4] >> 1) & 0x3F
-
-
-def hevc_access_units(data: bytes) -> list[bytes]:
-    """Group H.265 NAL units into access units (H.265 7.4.2.4.4: a new AU starts at an
-    AUD, parameter set or prefix SEI after a slice, or at a slice segment whose
-    first_slice_segment_in_pic_flag is set)."""
-    aus: list[bytes] = []
-    cur: list[bytes] = []
-    seen_vcl = False
-    for nal in nal_units(data):
-        kind = hevc_type(nal)
-        first = kind in HEVC_VCL and len(nal) > 6 and nal[6] & 0x80 != 0
-        if cur and seen_vcl and (kind in HEVC_PARAMS_OR_SEI or first):
-            aus.append(b"".join(cur))
-            cur, seen_vcl = [], False
-        cur.append(nal)
-        seen_vcl = seen_vcl or kind in HEVC_VCL
-    if cur:
-        aus.append(b"".join(cur))
-    return aus
 
 
 def is_idr(au: bytes) -> bool:
@@ -284,7 +268,7 @@ def main() -> int:
     if args.h264 or args.h265:
         with open(args.h264 or args.h265, "rb") as f:
             data = f.read()
-        aus = hevc_access_units(data) if args.h265 else access_units(data)
+        aus = access_units(data, hevc=bool(args.h265))
         if not aus:
             ap.error(f"{args.h264 or args.h265}: no access units")
         launch = f'( appsrc name=src is-live=false format=time caps="{caps}" ! {pay} )'
