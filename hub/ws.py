@@ -1,16 +1,18 @@
 """Live fan-out to console WebSockets.
 
 One task listens to the bus and hands each event to every connected client that may
-see it. Each client has a bounded queue drained by its own sender task; a client that
-falls ``MAX_QUEUE`` messages behind, or takes no data for ``SEND_TIMEOUT_S``, is
-disconnected (code 1013 when it can still be told) so it can never slow the others; its
-page reconnects and re-fetches.
+see it. Batch clients (``?batch=1``, the console pages) are grouped by audience: each
+group's events of an interval become one frame, built once for all its members. Each
+client has a bounded outbox drained by its own sender task; a client that falls
+``MAX_QUEUE`` events behind, or takes no data for ``SEND_TIMEOUT_S``, is disconnected
+(code 1013 when it can still be told) so it can never slow the others; its page
+reconnects and re-fetches.
 
 Clients may also send JSON messages ``{"type": ..., "data": ...}``; each type is handed
 to the handler registered with :meth:`Clients.handle` (e.g. ``telemetry`` from a patrol
 tablet). A message that is not JSON, too large, of an unknown type, or refused by its
 handler (:class:`InboundError`) gets ``{"type": "error", "data": {...}}`` back through
-the client's own bounded queue; the connection stays open.
+the client's own outbox; the connection stays open.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from hub.models import User
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 256
-_GONE = "\x00gone"  # queued when the client's reader ends (never sent)
 # Batch clients get at most one frame per interval (an idle client gets an event at once;
 # under load, the events of an interval share a frame). Department and patrol consoles
 # act on what they receive (a dispatch): 25 ms. Command-center screens (operators,
@@ -72,12 +73,44 @@ class Client:
     id: int
     ws: WebSocket
     user: User
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
-    overflowed: bool = False
+    batch: bool = False
     audience: tuple[str | None, ...] = ()
+    # Frames ready to go, in order, and how many events they hold: more than MAX_QUEUE
+    # events waiting means the client is too slow (it is dropped).
+    outbox: list[str] = field(default_factory=list)
+    backlog: int = 0
+    overflowed: bool = False
+    gone: bool = False  # the reader ended: the sender stops
+    waiter: asyncio.Future[None] | None = None  # the sender waiting for frames
     sending_since: float | None = None  # loop time a send started (None: not sending)
     stalled: bool = False  # set by the watchdog before it cancels the sender
     task: asyncio.Task[Any] | None = None
+
+    def push(self, frame: str, events: int = 1) -> None:
+        """Hand the sender a frame (never blocks; a client too far behind overflows)."""
+        if self.backlog + events > MAX_QUEUE:
+            self.overflowed = True
+        else:
+            self.outbox.append(frame)
+            self.backlog += events
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+@dataclass(eq=False)
+class Group:
+    """The batch clients of one audience: they see the same events at the same pace, so
+    each interval's events become one frame, built once and handed to every member."""
+
+    user: User  # any member (visibility depends only on the audience)
+    interval: float
+    clients: set[Client] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)
+    last_flush: float = float("-inf")
+    timer: asyncio.Handle | None = None
 
 
 class Clients:
@@ -85,6 +118,8 @@ class Clients:
 
     def __init__(self, send_timeout_s: float = SEND_TIMEOUT_S) -> None:
         self._clients: set[Client] = set()
+        self._single: set[Client] = set()  # clients without batch: a frame per event
+        self._groups: dict[tuple[str | None, ...], Group] = {}
         self._ids = itertools.count(1)
         self.send_timeout_s = send_timeout_s
         self.dropped_clients = 0
@@ -116,64 +151,101 @@ class Clients:
                            **{k: v for k, v in extra.items() if v is not None}},
                           separators=(",", ":"), default=str)
         seen: dict[tuple[str | None, ...], bool] = {}
-        for c in self._clients:  # no await in this loop: the set cannot change under it
-            ok = seen.get(c.audience)
-            if ok is None:
-                ok = seen[c.audience] = visible(c.user)
-            if not ok:
-                continue
-            try:
-                c.queue.put_nowait(text)
-            except asyncio.QueueFull:
-                # The queue is only full while the sender is stuck in a slow send; it sees
-                # the flag when that send returns and disconnects the client.
-                c.overflowed = True
+        for key, group in self._groups.items():
+            ok = seen[key] = visible(group.user)
+            if ok:
+                group.events.append(text)
+                if group.timer is None:
+                    self._schedule(group)
+        for c in self._single:
+            shown = seen.get(c.audience)
+            if shown is None:
+                shown = seen[c.audience] = visible(c.user)
+            if shown:
+                c.push(text)
+
+    # --- batch groups ------------------------------------------------------------------
+
+    def _schedule(self, group: Group) -> None:
+        """Flush at once if the group's last frame is an interval old, else when it is."""
+        loop = asyncio.get_running_loop()
+        wait = group.last_flush + group.interval - loop.time()
+        group.timer = (loop.call_later(wait, self._flush, group) if wait > 0
+                       else loop.call_soon(self._flush, group))
+
+    def _flush(self, group: Group) -> None:
+        group.timer = None
+        events, group.events = group.events, []
+        if not events:
+            return
+        group.last_flush = asyncio.get_running_loop().time()
+        frame = events[0] if len(events) == 1 else \
+            '{"type":"batch","data":[' + ",".join(events) + "]}"
+        for c in group.clients:
+            c.push(frame, len(events))
+
+    def _join(self, client: Client) -> None:
+        self._clients.add(client)
+        if not client.batch:
+            self._single.add(client)
+            return
+        group = self._groups.get(client.audience)
+        if group is None:
+            group = self._groups[client.audience] = Group(client.user,
+                                                          frame_interval(client.user))
+        group.clients.add(client)
+
+    def _leave(self, client: Client) -> None:
+        self._clients.discard(client)
+        self._single.discard(client)
+        group = self._groups.get(client.audience)
+        if group is not None:
+            group.clients.discard(client)
+            if not group.clients:
+                if group.timer is not None:
+                    group.timer.cancel()
+                del self._groups[client.audience]
+
+    # --- one client --------------------------------------------------------------------
 
     async def serve(self, ws: WebSocket, user: User, batch: bool = False) -> None:
         """Run one client until it disconnects or falls too far behind. With ``batch``,
-        events that queued up while the previous send was in flight go out together as
-        ``{"type": "batch", "data": [<event>, ...]}`` (one frame instead of many)."""
-        client = Client(next(self._ids), ws, user, audience=audience(user),
+        an idle client gets an event at once and, under load, the events of an interval
+        (:func:`frame_interval`) as one ``{"type": "batch", "data": [<event>, ...]}``
+        frame; without, one frame per event."""
+        client = Client(next(self._ids), ws, user, batch=batch, audience=audience(user),
                         task=asyncio.current_task())
-        self._clients.add(client)
+        self._join(client)
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.create_task(self._watch(), name="ws-watchdog")
         log.info("ws client %d (%s) connected", client.id, user.username)
-        await ws.send_text(
-            json.dumps({"type": "hello", "data": {"user": user.model_dump(), "batch": batch}},
-                       ensure_ascii=False)
-        )
-        reader = asyncio.create_task(self._read(client))
-        # When the client goes away, the sender (waiting on the queue) is woken by a
-        # sentinel; if the queue is full it is not waiting, and sees the reader done.
-        reader.add_done_callback(lambda _: self._wake(client))
         stalled = False
         loop = asyncio.get_running_loop()
-        last_sent, interval = 0.0, frame_interval(user)
+        reader: asyncio.Task[None] | None = None
         try:
-            while not reader.done():
-                text = await client.queue.get()
-                if text is _GONE or reader.done() or client.overflowed:
-                    break
-                if batch:
-                    # At most one frame per interval per client (frame_interval): under
-                    # load the events of that interval share a frame; an idle client
-                    # gets an event at once.
-                    wait = last_sent + interval - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                if batch and not client.queue.empty():
-                    items = [text]
-                    while not client.queue.empty() and len(items) < MAX_QUEUE:
-                        more = client.queue.get_nowait()
-                        if more is not _GONE:  # the loop ends on the next round
-                            items.append(more)
-                    text = '{"type":"batch","data":[' + ",".join(items) + "]}"
-                # No timeout object per send (that cost more than the send): the watchdog
-                # cancels a send that has not returned within send_timeout_s.
-                client.sending_since = last_sent = loop.time()
-                await ws.send_text(text)
-                client.sending_since = None
+            await ws.send_text(
+                json.dumps({"type": "hello", "data": {"user": user.model_dump(),
+                                                      "batch": batch}}, ensure_ascii=False)
+            )
+            reader = asyncio.create_task(self._read(client))
+            reader.add_done_callback(lambda _: self._gone(client))
+            while not client.gone and not client.overflowed:
+                if not client.outbox:
+                    client.waiter = loop.create_future()
+                    try:
+                        await client.waiter
+                    finally:
+                        client.waiter = None
+                    continue
+                frames, client.outbox, client.backlog = client.outbox, [], 0
+                for frame in frames:
+                    if client.gone or client.overflowed:
+                        break
+                    # No timeout object per send (that cost more than the send): the
+                    # watchdog cancels a send that has not returned within send_timeout_s.
+                    client.sending_since = loop.time()
+                    await ws.send_text(frame)
+                    client.sending_since = None
         except asyncio.CancelledError:
             if not client.stalled:
                 raise
@@ -185,10 +257,12 @@ class Clients:
             pass
         finally:
             client.sending_since = None  # a send that raised is not stalled
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await reader
-            self._clients.discard(client)
+            self._leave(client)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect,
+                                         RuntimeError):
+                    await reader
             if client.overflowed or stalled:
                 self.dropped_clients += 1
                 log.warning("ws client %d (%s) too slow (%s), disconnecting", client.id,
@@ -258,15 +332,11 @@ class Clients:
                                           "message": "the hub could not handle this message"})
 
     @staticmethod
-    def _wake(client: Client) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            client.queue.put_nowait(_GONE)
+    def _gone(client: Client) -> None:
+        client.gone = True
+        client.wake()
 
     @staticmethod
     def _reply(client: Client, event_type: str, data: dict[str, Any]) -> None:
         # ASCII: the data may echo client text, which can hold lone surrogates.
-        text = json.dumps({"type": event_type, "data": data})
-        try:
-            client.queue.put_nowait(text)
-        except asyncio.QueueFull:
-            client.overflowed = True
+        client.push(json.dumps({"type": event_type, "data": data}))

@@ -350,3 +350,48 @@ async def test_batch_websocket_gets_queued_events_in_one_frame(hub_server: Runni
     assert [e["data"]["n"] for e in events] == list(range(10))
     assert len(frames) < 10 and any(f["type"] == "batch" for f in frames)
     assert [s["data"]["n"] for s in singles] == list(range(10))
+
+
+async def test_batch_consoles_share_frames_at_their_roles_pace(hub_server: RunningHub) -> None:
+    """Batch consoles of one audience get the same frames (built once for the group); a
+    command-center console gets at most one frame per 100 ms, a department console at
+    most one per 25 ms; every event arrives, in order, on each."""
+    from hub.ws import BATCH_INTERVAL_S, WATCH_INTERVAL_S
+
+    async with client(hub_server) as c:
+        tokens = {u: (await login(c, u))["Authorization"].split()[1]
+                  for u in ("operator", "civil-affairs")}
+    clients = hub_server.state.clients  # type: ignore[attr-defined]
+    n = 40
+    url = f"{hub_server.ws_url}?batch=1&token="
+    async with websockets.connect(url + tokens["operator"]) as op1, \
+            websockets.connect(url + tokens["operator"]) as op2, \
+            websockets.connect(url + tokens["civil-affairs"]) as dep:
+        for ws in (op1, op2, dep):
+            assert json.loads(await ws.recv())["type"] == "hello"
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for i in range(n):
+            clients.send("test.event", {"n": i}, lambda u: True)
+            await asyncio.sleep(0.01)
+        sent_for = loop.time() - began
+
+        async def frames(ws: Any) -> list[str]:
+            out: list[str] = []
+            async with asyncio.timeout(10):
+                while sum(len(f["data"]) if f["type"] == "batch" else 1
+                          for f in map(json.loads, out)) < n:
+                    out.append(await ws.recv())
+            return out
+
+        got = {name: await frames(ws) for name, ws in
+               (("op1", op1), ("op2", op2), ("dep", dep))}
+        took = loop.time() - began
+    for name, fs in got.items():
+        evs = [e for f in map(json.loads, fs)
+               for e in (f["data"] if f["type"] == "batch" else [f])]
+        assert [e["data"]["n"] for e in evs] == list(range(n)), name
+    assert got["op1"] == got["op2"]  # one frame per interval for the group, the same bytes
+    assert len(got["op1"]) <= took / WATCH_INTERVAL_S + 1, (len(got["op1"]), took)
+    assert len(got["dep"]) <= took / BATCH_INTERVAL_S + 1, (len(got["dep"]), took)
+    assert sent_for > 2 * WATCH_INTERVAL_S  # the events were spread over several intervals
