@@ -91,7 +91,9 @@ async def _fan_out(state: HubState) -> None:
     async def incidents() -> None:
         async with state.bus.listen(IncidentEvent) as events:
             async for ev in events:
-                inc = Incident.model_validate(ev.incident)
+                # The memory bus hands over the sender's model; from Redis, rebuild it.
+                inc = ev.sent_model if ev.sent_model is not None else \
+                    Incident.model_validate(ev.incident)
 
                 def visible(user: User, inc: Incident = inc) -> bool:
                     return can_see(state.site, user, inc)

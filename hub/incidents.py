@@ -407,12 +407,10 @@ class IncidentService:
             return None
         wf = self.site.rules.workflow
         since = inc.created_at.timestamp() - wf.merge_window_s
-        c = t.incidents.c
         deg = wf.merge_radius_m / 111_000 * 2  # a loose box; the exact test is below
-        rows = await self.store.query(
-            state=OPEN, type=inc.type, limit=50,
-            where=[c.lat.between(inc.position[0] - deg, inc.position[0] + deg),
-                   c.lon.between(inc.position[1] - deg * 2, inc.position[1] + deg * 2)])
+        rows = await self.store.near(
+            inc.type, (inc.position[0] - deg, inc.position[0] + deg),
+            (inc.position[1] - deg * 2, inc.position[1] + deg * 2))
         best: tuple[float, Incident] | None = None
         for other in rows:
             if other.position is None or other.last_seen_at.timestamp() < since:
@@ -1004,10 +1002,10 @@ class IncidentService:
         action: str | None = None, notice: Notice | None = None,
     ) -> None:
         try:
-            await self.bus.broadcast(
-                IncidentEvent(kind=kind, incident=inc.model_dump(mode="json"), action=action,
-                              notice=notice)
-            )
+            ev = IncidentEvent(kind=kind, incident=inc.model_dump(mode="json"), action=action,
+                               notice=notice)
+            ev._model = inc
+            await self.bus.broadcast(ev)
         except BusError as err:  # consoles re-fetch on reconnect; the store has it
             log.error("incident %s: broadcast failed: %s", inc.id, err)
 

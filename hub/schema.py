@@ -61,6 +61,7 @@ Index("incidents_created", incidents.c.created_at)
 Index("incidents_alarm", incidents.c.alarm_at)
 Index("incidents_state", incidents.c.state)
 Index("incidents_type_created", incidents.c.type, incidents.c.created_at)
+Index("incidents_open_place", incidents.c.type, incidents.c.state, incidents.c.lat)
 
 timeline = Table(
     "timeline", metadata,

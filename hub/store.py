@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from hub import schema as t
 from hub.chain import GENESIS, entry_hash
 from hub.models import Incident, TimelineEntry
+from hub.states import OPEN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,6 +128,13 @@ _UPDATE_INCIDENT = {
     for by_state in (False, True) for by_version in (False, True)
 }
 _GET_DOC = sa.select(_INC.doc).where(_INC.id == sa.bindparam("iid"))
+# Open cases of a type inside a lat/lon box (merging reports), by the incidents_open_place
+# index. No ORDER BY: with one, SQLite walks incidents_type_created instead (every case
+# of the type ever recorded); the caller picks by distance.
+_NEAR = sa.text(
+    "SELECT doc FROM incidents WHERE type = :type AND state IN ("
+    + ", ".join(f"'{s}'" for s in sorted(OPEN)) + ") AND lat BETWEEN :lat0 AND :lat1 "
+    "AND lon BETWEEN :lon0 AND :lon1 LIMIT :n")
 _UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
 DOC_CACHE = 4096  # incident documents kept in memory by a SQLite store
 _COMPILED: dict[tuple[str, int, tuple[str, ...]], tuple[Any, tuple[str, ...] | None]] = {}
@@ -583,6 +591,14 @@ class Store:
             if incident_id not in self._docs:
                 self._remember(incident_id, doc)
         return Incident.model_validate_json(doc)
+
+    async def near(self, type_: str, lat: tuple[float, float], lon: tuple[float, float],
+                   limit: int = 200) -> list[Incident]:
+        """Open incidents of ``type_`` whose position is inside the box (any order)."""
+        params = {"type": type_, "lat0": lat[0], "lat1": lat[1], "lon0": lon[0],
+                  "lon1": lon[1], "n": limit}
+        rows = await self.read(lambda conn: _execute(conn, _NEAR, params).fetchall())
+        return [Incident.model_validate_json(r[0]) for r in rows]
 
     async def by_event(self, event_id: str) -> Incident | None:
         c = t.incidents.c

@@ -237,7 +237,7 @@ def test_migrate_command_creates_the_schema_and_refuses_a_bad_url(tmp_path: Path
     database is a clear error (exit 2), not a traceback."""
     ok = subprocess.run([sys.executable, "-m", "hub", "migrate", "--data", str(tmp_path)],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "schema at revision 0004" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "schema at revision 0005" in ok.stdout, ok.stderr
     bad = subprocess.run([sys.executable, "-m", "hub", "migrate", "--database-url",
                           "postgresql://nobody@127.0.0.1:1/none"],
                          capture_output=True, text=True, timeout=60)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class Message(BaseModel):
@@ -61,6 +61,13 @@ class IncidentEvent(Message):
     notice: str | None = Field(
         None, description="What consoles should call attention to: escalated, merged, "
         "deadline.warning, deadline.breached, challenge.created, challenge.overdue.")
+    # The sender's Incident, kept by the in-process bus (never serialized): listeners in
+    # the same process skip validating ``incident`` again. None when it came from Redis.
+    _model: Any = PrivateAttr(None)
+
+    @property
+    def sent_model(self) -> Any:
+        return self._model
 
 
 class CameraHealth(Message):
