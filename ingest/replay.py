@@ -10,8 +10,9 @@ sum of the frame durations. The map (:attr:`WindowCut.pieces`) is a list of runs
 ``(media_s, wall, duration_s)``: inside a run, ``wall = run.wall + (t - run.media_s)``,
 exact to ``PIECE_TOLERANCE_S``; wall times between runs are not in the MP4.
 
-The runs are computed from the same scans and the same sample choice as ``cut_clip``;
-when the two disagree (they should not) the map falls back to one run from the clip's
+The runs are computed from the same scans (one scan of each segment, shared with
+``cut_clip``, so a segment still being written cannot grow in between) and the same sample
+choice as ``cut_clip``; when the two disagree (they should not) the map falls back to one run from the clip's
 start and says so in :attr:`WindowCut.note`.
 
 Presentation is taken to equal decode time (no B-frames, as cameras send); with B-frames
@@ -24,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.segments import NoMedia, Scan, SegmentError, cut_clip, scan
+from ingest.segments import NoMedia, Scan, cut_clip, scan_all
 
 log = logging.getLogger(__name__)
 
@@ -101,23 +102,20 @@ def _pieces(chosen: list[tuple[float, int, bool, bool]], timescale: int
 def cut_window(paths: list[Path], start: float, end: float, out: Path) -> WindowCut | None:
     """Cut ``[start, end]`` (Unix times) out of the segments ``paths`` (oldest first) into
     ``out``; None when nothing of the window is recorded."""
+    # One scan for both the cut and the map: a segment still being written grows between
+    # two scans, and a map from a later scan would not be the clip's.
+    scans = scan_all(paths)
     try:
-        clip = cut_clip(paths, start, end, out)
+        clip = cut_clip(paths, start, end, out, scans)
     except NoMedia:
         return None
-    scans = []
-    for p in paths:
-        try:
-            scans.append(scan(p))
-        except (SegmentError, OSError):
-            continue
     chosen = _choose(scans, start, end)
     note = None
     if chosen is None:
         pieces = [(0.0, clip.start, clip.duration_s)]
         timescale, durations = 90000, [round(clip.duration_s * 90000 / max(clip.samples, 1))]
         entry_scan = None
-        note = "map: segments changed while cutting; one run from the clip's start"
+        note = "map: no samples chosen; one run from the clip's start"
     else:
         entry_scan, samples = chosen
         timescale = entry_scan.timescale

