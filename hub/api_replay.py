@@ -10,6 +10,12 @@
 * ``GET /api/replay/{camera}?from=&to=``: the MP4 itself (``moov`` first), with HTTP
   Range (206; 416 past the end); a bearer token or the signature from ``/window``.
   Headers ``X-Replay-Start`` (Unix time of the first frame) and ``X-Replay-Duration``.
+  A range longer than about ``RANGE_S`` seconds of the video (``bytes=N-`` is what a
+  browser asks for) is answered with that much only, a shorter 206 whose
+  ``Content-Range`` says so; the browser asks again for what it needs next. Without
+  that, each seek made the hub push several megabytes per camera that the browser threw
+  away at the next seek, and with four cameras on two cores that copying delayed the
+  decoding the seek waits for (``bench/bench_replay.py``; figures in docs/recording.md).
 
 The window is at most ``MAX_WINDOW_S``; a longer, empty or reversed one is a 422.
 ``from``/``to`` are ISO 8601 (UTC when no offset is given).
@@ -33,6 +39,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,6 +50,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from hub.api import Me, St, bearer
 from hub.api_recordings import may_view_recordings
@@ -58,6 +66,12 @@ router = APIRouter()
 MAX_WINDOW_S = 30 * 60.0
 URL_TTL_S = 6 * 3600
 CACHE_DIR = "replay-cache"
+# A 206 answers at most about this many seconds of the video (at its average bitrate),
+# within [RANGE_MIN_BYTES, RANGE_MAX_BYTES].
+RANGE_S = 2.0
+RANGE_MIN_BYTES = 256 * 1024
+RANGE_MAX_BYTES = 4 * 1024 * 1024
+_SINGLE_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 CACHE_MAX_BYTES = 2 << 30
 CACHE_MAX_AGE_S = 24 * 3600.0
 CUTS_AT_ONCE = 2
@@ -394,6 +408,43 @@ async def _viewer(state: St, request: Request, camera: str, from_: From, to: To,
                         headers={"WWW-Authenticate": "Bearer"})
 
 
+class CappedFileResponse(FileResponse):
+    """A file answered as Starlette does, except that a single range ``bytes=a-`` or
+    ``bytes=a-b`` longer than ``max_range`` bytes is narrowed to ``max_range`` bytes from
+    ``a`` before Starlette reads it (RFC 9110 lets a server send less than asked, the
+    ``Content-Range`` of the 206 saying what it is)."""
+
+    chunk_size = 256 * 1024  # a thread hop per chunk: fewer, larger reads
+
+    def __init__(self, *args: Any, max_range: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_range = max_range
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = []
+        for name, value in scope.get("headers", []):
+            if name == b"range":
+                value = self._narrow(value)
+            headers.append((name, value))
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+    def _narrow(self, value: bytes) -> bytes:
+        m = _SINGLE_RANGE.fullmatch(value.decode("latin-1").strip())
+        if m is None:
+            return value  # a suffix, several ranges or a malformed one: Starlette decides
+        first = int(m[1])
+        last = int(m[2]) if m[2] else None
+        if last is not None and last - first + 1 <= self.max_range:
+            return value
+        return f"bytes={first}-{first + self.max_range - 1}".encode()
+
+
+def range_cap(size: int, duration_s: float) -> int:
+    """The longest 206 for a video of ``size`` bytes lasting ``duration_s``."""
+    rate = size / duration_s if duration_s > 0 else RANGE_MAX_BYTES
+    return int(min(RANGE_MAX_BYTES, max(RANGE_MIN_BYTES, rate * RANGE_S)))
+
+
 @router.get("/api/replay/{camera}", tags=["replay"], response_class=FileResponse,
             responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "a range"},
                        404: {"description": "nothing recorded in the window"},
@@ -410,8 +461,9 @@ async def replay_video(state: St, request: Request, camera: str, from_: From, to
     meta = await _cut(state, _cache(request), camera, start, end, v)
     if meta is None:
         raise HTTPException(404, f"nothing of {camera!r} is recorded in that window")
-    return FileResponse(
-        meta["file"], media_type="video/mp4", filename=f"{camera}-{int(start)}.mp4",
+    return CappedFileResponse(
+        meta["file"], max_range=range_cap(meta["size"], meta["duration_s"]),
+        media_type="video/mp4", filename=f"{camera}-{int(start)}.mp4",
         content_disposition_type="inline",
         headers={"X-Replay-Start": f"{meta['start']:.6f}",
                  "X-Replay-Duration": f"{meta['duration_s']:.6f}",

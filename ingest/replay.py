@@ -11,9 +11,9 @@ sum of the frame durations. The map (:attr:`WindowCut.pieces`) is a list of runs
 exact to ``PIECE_TOLERANCE_S``; wall times between runs are not in the MP4.
 
 The runs are computed from the same scans (one scan of each segment, shared with
-``cut_clip``, so a segment still being written cannot grow in between) and the same sample
-choice as ``cut_clip``; when the two disagree (they should not) the map falls back to one run from the clip's
-start and says so in :attr:`WindowCut.note`.
+``cut_clip``, so a segment still being written cannot grow in between) and the same
+sample choice as ``cut_clip``; when the two disagree (they should not) the map falls back
+to one run from the clip's start and says so in :attr:`WindowCut.note`.
 
 Presentation is taken to equal decode time (no B-frames, as cameras send); with B-frames
 the map is off by the reorder delay (a frame or two).

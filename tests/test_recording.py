@@ -31,10 +31,10 @@ from hub.evidence import KEY_FILE
 from hub.evidence_verify import render, verify_bundle
 from hub.models import Incident
 from hub.recordings import iso
+from ingest import replay
 from ingest.fmp4 import split_lengths
 from ingest.packets import StreamInfo, VideoPacket
 from ingest.recorder import Recorder, Segment
-from ingest import replay
 from ingest.segments import cut_clip, repair, scan
 from tests.recording_helpers import (
     CAM,

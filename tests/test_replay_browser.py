@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from hub.api_replay import ReplayCache
+from hub.api_replay import RANGE_MIN_BYTES, ReplayCache, range_cap
 from hub.bus import IncidentCandidate
 from hub.recordings import RecordingService
 from ingest.replay import cut_window
@@ -451,6 +451,24 @@ async def test_window_endpoint_ranges_signed_urls_bounds_and_cache(scene: Scene)
         r = await c.get(f"/api/replay/{CAM_A}", params=q,
                         headers={**scene.auth, "Range": f"bytes={size + 10}-"})
         assert r.status_code == 416
+        # An open range is answered with about RANGE_S of the video, and the Content-Range
+        # says which; asking on from there, range by range, gives the whole file.
+        cap = range_cap(size, win["duration_s"])
+        assert RANGE_MIN_BYTES <= cap < size
+        got, at = b"", 0
+        while at < size:
+            r = await c.get(f"/api/replay/{CAM_A}", params=q,
+                            headers={**scene.auth, "Range": f"bytes={at}-"})
+            assert r.status_code == 206 and len(r.content) == min(cap, size - at)
+            assert r.headers["content-range"] == f"bytes {at}-{at + len(r.content) - 1}/{size}"
+            got, at = got + r.content, at + len(r.content)
+        assert got == body
+        r = await c.get(f"/api/replay/{CAM_A}", params=q,  # a closed range past the cap too
+                        headers={**scene.auth, "Range": f"bytes=10-{10 + cap + 5000}"})
+        assert r.status_code == 206 and r.content == body[10:10 + cap]
+        r = await c.get(f"/api/replay/{CAM_A}", params=q,  # a suffix range: as asked
+                        headers={**scene.auth, "Range": "bytes=-500"})
+        assert r.status_code == 206 and r.content == body[-500:]
         # The signed URL the page uses: no token needed; altered, refused.
         r = await c.get(win["url"], headers={"Range": "bytes=100-199"})
         assert r.status_code == 206 and r.content == body[100:200]
