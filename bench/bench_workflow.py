@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=32)
     ap.add_argument("--consoles", type=int, default=200)
     ap.add_argument("--buses", default="memory,redis")
-    ap.add_argument("--rates", default="100,200",
+    ap.add_argument("--rates", default="100,200,300,500",
                     help="Also run each bus at these offered loads (actions/s, open loop) "
                     "for the latency at a given load; empty: skip")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")

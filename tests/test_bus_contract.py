@@ -119,6 +119,39 @@ def test_message_rejects_unknown_fields() -> None:
 
 
 @pytest.mark.redis
+async def test_redis_hands_back_its_own_live_message_and_parses_another_hubs(
+        redis_prefix: str) -> None:
+    """Two hubs on one Redis: each listener gets every live message in Redis's order; the
+    sender's own comes back as the message it sent, with the sender's model (no parse),
+    the other hub's is parsed from its bytes (equal, without a model)."""
+    from hub.bus.redis import RedisBus
+    from tests.conftest import REDIS_URL
+
+    a, b = RedisBus(REDIS_URL, prefix=redis_prefix), RedisBus(REDIS_URL, prefix=redis_prefix)
+    await a.start()
+    await b.start()
+    try:
+        mine = IncidentEvent(kind="incident.created", incident={"id": "inc_a", "type": "x"})
+        mine._model = model = object()
+        theirs = IncidentEvent(kind="incident.updated", incident={"id": "inc_b", "type": "x"},
+                               action="dispatch")
+        theirs._model = object()
+        async with a.listen(IncidentEvent) as la, b.listen(IncidentEvent) as lb:
+            await a.broadcast(mine)
+            await b.broadcast(theirs)
+            got_a = [await asyncio.wait_for(anext(la), 5) for _ in range(2)]
+            got_b = [await asyncio.wait_for(anext(lb), 5) for _ in range(2)]
+        sent = [mine.model_dump(), theirs.model_dump()]
+        assert [m.model_dump() for m in got_a] == [m.model_dump() for m in got_b] == sent
+        assert got_a[0] is mine and got_a[0].sent_model is model
+        assert got_a[1] is not theirs and got_a[1].sent_model is None
+        assert got_b[1] is theirs and got_b[0].sent_model is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
 async def test_redis_garbage_entry_is_dead_lettered(redis_prefix: str) -> None:
     """A stream entry that is not a valid message is set aside; the good ones still arrive."""
     import redis.asyncio as aioredis

@@ -61,8 +61,9 @@ class IncidentEvent(Message):
     notice: str | None = Field(
         None, description="What consoles should call attention to: escalated, merged, "
         "deadline.warning, deadline.breached, challenge.created, challenge.overdue.")
-    # The sender's Incident, kept by the in-process bus (never serialized): listeners in
-    # the same process skip validating ``incident`` again. None when it came from Redis.
+    # The sender's Incident (never serialized): listeners in the sender's process skip
+    # validating ``incident`` again (the memory bus hands over the message; the Redis bus
+    # recognises its own). None when it came from another hub.
     _model: Any = PrivateAttr(None)
 
     @property

@@ -3,12 +3,19 @@
 Keys: ``{prefix}:stream:{topic}`` (stream, field ``m`` = message JSON),
 ``{prefix}:live:{topic}`` (pub/sub channel), ``{prefix}:dead:{topic}`` (list of raw
 entries that could not be parsed).
+
+A live message comes back through Redis to the hub that broadcast it too (that keeps one
+order for every hub). The hub keeps what it broadcast in the last ``ECHO_KEEP`` messages,
+keyed by the exact bytes sent, and hands its listeners the very message it sent, with
+the sender's model (``IncidentEvent.sent_model``), instead of parsing it again; bytes
+from other hubs are parsed as always.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +30,7 @@ from hub.bus.messages import Message
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 100_000  # approximate cap per stream
+ECHO_KEEP = 2048  # own live messages remembered until they come back
 
 
 class RedisBus(Bus):
@@ -36,6 +44,7 @@ class RedisBus(Bus):
         self._r: aioredis.Redis | None = None
         self._groups: set[tuple[str, str]] = set()
         self._dead = 0
+        self._echo: OrderedDict[bytes, Message] = OrderedDict()
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -149,9 +158,14 @@ class RedisBus(Bus):
         return await self._parse(cls, group, entries)
 
     async def broadcast(self, msg: Message) -> None:
+        data = msg.model_dump_json().encode()
+        self._echo[data] = msg
+        if len(self._echo) > ECHO_KEEP:
+            self._echo.popitem(last=False)
         try:
-            await self.redis.publish(self._channel(msg.topic), msg.model_dump_json().encode())
+            await self.redis.publish(self._channel(msg.topic), data)
         except (RedisError, OSError) as err:
+            self._echo.pop(data, None)
             raise BusError(f"broadcast {msg.topic} failed: {err}") from err
 
     @asynccontextmanager
@@ -169,6 +183,10 @@ class RedisBus(Bus):
             while True:
                 item = await pubsub.get_message(timeout=1.0)
                 if item is None or item["type"] != "message":
+                    continue
+                own = self._echo.get(item["data"])
+                if isinstance(own, cls):  # this hub's own message, back from Redis
+                    yield own
                     continue
                 try:
                     yield cls.model_validate_json(item["data"])
