@@ -41,12 +41,25 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
+class InstallationKey(BaseModel):
+    fingerprint: str = Field(description=FINGERPRINT_OF + ".")
+    public_key_pem: str
+    node: str | None = Field(None, description="The data folder (hub) that signs with it.")
+    registered_at: str | None = Field(None, description="When that hub first ran.")
+
+
 class EvidenceKeyOut(BaseModel):
     algorithm: str = Field("Ed25519", description="Signature algorithm.")
-    public_key_pem: str = Field(description="The installation's public key (PEM).")
+    public_key_pem: str = Field(description="This hub's public key (PEM): the one its "
+                                "exports are signed with.")
     fingerprint: str = Field(description=FINGERPRINT_OF + "; compare it out of band.")
     installation_id: str | None = Field(
         None, description="The installation the hub belongs to (named in every manifest).")
+    installation_keys: list[InstallationKey] = Field(
+        default_factory=list,
+        description="Every hub of the installation signs with its own key (several hubs on "
+        "one store); these are all of them. One hub: just its key. `gridhub verify --key` "
+        "takes a file holding them all.")
 
 
 class ExportBody(BaseModel):
@@ -66,10 +79,13 @@ def _service(state: HubState) -> EvidenceService:
 
 @router.get("/api/evidence/key", response_model=EvidenceKeyOut, tags=["evidence"])
 async def evidence_key(state: St, user: Me) -> EvidenceKeyOut:
-    """The installation's public evidence key and its fingerprint (any signed-in user)."""
+    """This hub's public evidence key and its fingerprint, and the keys of every hub of
+    the installation (any signed-in user)."""
     svc = _service(state)
+    keys = [InstallationKey.model_validate(k) for k in await svc.installation_keys()]
     return EvidenceKeyOut(public_key_pem=svc.key.public_pem.decode(),
-                          fingerprint=svc.key.fingerprint, installation_id=svc.installation_id)
+                          fingerprint=svc.key.fingerprint, installation_id=svc.installation_id,
+                          installation_keys=keys)
 
 
 @router.post(

@@ -269,28 +269,31 @@ def verify_audit(data: DataDir = Path("data"), database_url: DatabaseUrl = None)
 @cli.command("verify")
 def verify(
     bundle: Annotated[Path, typer.Argument(help="The evidence bundle (.zip) to check.")],
-    key: Annotated[Path | None, typer.Option(
+    key: Annotated[list[Path] | None, typer.Option(
         help="The installation's public key (PEM, from GET /api/evidence/key) to trust; "
-        "without it the key inside the bundle is used and only its fingerprint is shown.")]
+        "a file may hold several keys, and --key may be given again (several hubs each "
+        "sign with their own); the bundle's key must be one of them. Without it the key "
+        "inside the bundle is used and only its fingerprint is shown.")]
     = None,
 ) -> None:
     """Check an evidence bundle: the signature of its manifest, every file's size and
     SHA-256, nothing missing or added, the timeline's hash chain; print each file's result
     and the chain of custody. Exit 0 only when everything holds, 1 otherwise."""
-    from hub.evidence_verify import KeyFileError, render, verify_bundle
+    from hub.evidence_verify import KeyFileError, load_public_keys, render, verify_bundle
 
     if not bundle.is_file():
         _fail([f"{bundle}: no such file"])
     trusted = None
-    if key is not None:
+    for path in key or []:
         try:
-            trusted = key.read_bytes()
+            trusted = (trusted or b"") + path.read_bytes() + b"\n"
         except OSError as err:
-            _fail([f"--key {key}: {err.strerror or err}"])
-    try:
-        result = verify_bundle(bundle, trusted)
-    except KeyFileError as err:
-        _fail([f"--key {key}: {err}"])
+            _fail([f"--key {path}: {err.strerror or err}"])
+        try:
+            load_public_keys(path.read_bytes(), str(path))
+        except KeyFileError as err:
+            _fail([f"--key {err}"])
+    result = verify_bundle(bundle, trusted)
     for line in render(result):
         typer.echo(line)
     raise typer.Exit(0 if result.ok else 1)

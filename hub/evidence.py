@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_FILE = "evidence-signing-key.pem"
+KEY_SET = "evidence-keys"  # documents scope: the public key of every hub of the installation
 SIGNATURE_ENCODING = "raw 64-byte Ed25519 signature over the exact bytes of manifest.json"
 FINGERPRINT_OF = "SHA-256 (hex) of the raw 32-byte Ed25519 public key"
 CHUNK = 1 << 20
@@ -223,8 +224,32 @@ class EvidenceService:
         self._key = await asyncio.to_thread(load_or_create_key, self.data_dir)
         if self.store is not None:
             self.installation_id = (await self.store.installation())["id"]
+            await self._register()
         log.info("evidence: signing key %s (fingerprint %s)", self._key.path,
                  self._key.fingerprint)
+
+    async def _register(self) -> None:
+        """Put this hub's public key in the installation's key set (the store's documents,
+        scope ``KEY_SET``), once: hubs sharing a store each sign with their own key, and
+        ``GET /api/evidence/key`` lists them all."""
+        assert self.store is not None and self._key is not None
+        fp = self._key.fingerprint
+        if await self.store.get_doc(KEY_SET, fp) is None:
+            from hub.settings import node_id
+
+            await self.store.put_doc(KEY_SET, fp, {
+                "fingerprint": fp, "public_key_pem": self._key.public_pem.decode(),
+                "node": node_id(self.data_dir),
+                "registered_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+    async def installation_keys(self) -> list[dict[str, Any]]:
+        """The installation's public keys (every hub that has run on this store), oldest
+        first; just this hub's key without a store."""
+        if self.store is None:
+            return [{"fingerprint": self.key.fingerprint, "node": None, "registered_at": None,
+                     "public_key_pem": self.key.public_pem.decode()}]
+        docs = list((await self.store.list_docs(KEY_SET)).values())
+        return sorted(docs, key=lambda d: (d.get("registered_at") or "", d["fingerprint"]))
 
     async def stop(self) -> None:
         pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zipfile
 import zlib
@@ -53,6 +54,18 @@ class KeyFileError(Exception):
     """The trusted key given is not an Ed25519 public key."""
 
 
+PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
+def load_public_keys(pem: bytes, what: str) -> list[Ed25519PublicKey]:
+    """Every public key in ``pem`` (one, or several one after the other: the keys of an
+    installation whose hubs each sign with their own); at least one."""
+    blocks = PEM_BLOCK.findall(pem)
+    if not blocks:
+        raise KeyFileError(f"{what}: not a PEM public key (no BEGIN PUBLIC KEY block in it)")
+    return [load_public_key(b, what) for b in blocks]
+
+
 def load_public_key(pem: bytes, what: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
@@ -76,7 +89,7 @@ class Verification:
     bundle: Path
     checks: list[Check] = field(default_factory=list)
     fingerprint: str | None = None  # of the bundle's public key
-    trusted: str | None = None  # fingerprint of the --key, when given
+    trusted: list[str] | None = None  # fingerprints of the --key keys, when given
     manifest: dict[str, Any] | None = None
 
     @property
@@ -101,11 +114,13 @@ class _Read:
 
 
 def verify_bundle(bundle: Path, trusted_pem: bytes | None = None) -> Verification:
-    """Check everything that can be checked; never raises for a bad bundle."""
+    """Check everything that can be checked; never raises for a bad bundle.
+    ``trusted_pem``: one or more PEM public keys, the bundle's key must be one of them."""
     v = Verification(bundle)
-    trusted = load_public_key(trusted_pem, "the trusted key") if trusted_pem is not None else None
+    trusted = load_public_keys(trusted_pem, "the trusted key") \
+        if trusted_pem is not None else None
     if trusted is not None:
-        v.trusted = fingerprint(trusted)
+        v.trusted = [fingerprint(k) for k in trusted]
     try:
         zf = zipfile.ZipFile(bundle)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
@@ -177,7 +192,8 @@ def _read(zf: zipfile.ZipFile, raw: IO[bytes], info: zipfile.ZipInfo) -> _Read:
     return r
 
 
-def _check(v: Verification, read: dict[str, _Read], trusted: Ed25519PublicKey | None) -> None:
+def _check(v: Verification, read: dict[str, _Read],
+           trusted: list[Ed25519PublicKey] | None) -> None:
     # The key inside the bundle, and whether it is the trusted one.
     bundle_key: Ed25519PublicKey | None = None
     pem = read.get(PUBLIC_KEY)
@@ -187,13 +203,18 @@ def _check(v: Verification, read: dict[str, _Read], trusted: Ed25519PublicKey | 
             v.fingerprint = fingerprint(bundle_key)
         except KeyFileError as err:
             v.add(PUBLIC_KEY, False, str(err))
-    if trusted is not None and v.fingerprint is not None:
-        if v.trusted == v.fingerprint:
-            v.add("key", True, f"the bundle's key is the trusted key {v.trusted}")
+    key = bundle_key
+    if trusted is not None and v.trusted is not None:
+        if v.fingerprint in v.trusted:
+            v.add("key", True, f"the bundle's key is the trusted key {v.fingerprint}")
+            key = trusted[v.trusted.index(v.fingerprint)]
+        elif v.fingerprint is not None:
+            v.add("key", False, f"signed with key {v.fingerprint}, not "
+                  + ("the trusted key " if len(v.trusted) == 1 else "one of the trusted keys ")
+                  + ", ".join(v.trusted))
+            key = trusted[0]
         else:
-            v.add("key", False, f"signed with key {v.fingerprint}, not the trusted key "
-                  f"{v.trusted}")
-    key = trusted or bundle_key
+            key = trusted[0]
 
     # The manifest and its signature.
     manifest: dict[str, Any] | None = None
@@ -349,7 +370,8 @@ def render(v: Verification) -> list[str]:
                      "installation's (GET /api/evidence/key, or a copy you hold), or pass "
                      "--key.")
     else:
-        lines.append(f"trusted key (--key): {v.trusted}")
+        lines.append(f"trusted key{'s' if len(v.trusted) > 1 else ''} (--key): "
+                     + ", ".join(v.trusted))
     lines.append("")
     for c in v.checks:
         mark = "OK" if c.ok and c.checked else "--" if c.ok else "FAIL"

@@ -307,6 +307,18 @@ async def test_another_installations_key_fails_with_key(
     code, out = await asyncio.to_thread(verify_process, bundle, "--key", tmp_path / "theirs.pem")
     assert code == 1 and {"key", "signature"} <= failing(out), out
     assert f"signed with key {ours['fingerprint']}, not the trusted key" in out
+    # Several trusted keys (hubs of one installation each sign with their own): one file
+    # holding them all, or --key again; the bundle's key is one of them.
+    (tmp_path / "both.pem").write_text(theirs["public_key_pem"] + ours["public_key_pem"])
+    code, out = await asyncio.to_thread(verify_cli, bundle, "--key", tmp_path / "both.pem")
+    assert code == 0 and "trusted keys (--key): " in out, out
+    assert theirs["fingerprint"] in out and ours["fingerprint"] in out
+    code, out = await asyncio.to_thread(verify_cli, bundle, "--key", tmp_path / "theirs.pem",
+                                        "--key", tmp_path / "ours.pem")
+    assert code == 0, out
+    (tmp_path / "both-theirs.pem").write_text(theirs["public_key_pem"] * 2)
+    code, out = await asyncio.to_thread(verify_cli, bundle, "--key", tmp_path / "both-theirs.pem")
+    assert code == 1 and "not one of the trusted keys" in out, out
 
     forger = Ed25519PrivateKey.generate()
     with zipfile.ZipFile(bundle) as zf:
@@ -445,9 +457,41 @@ async def test_key_is_made_once_and_kept_across_restarts(demo_config: Path,
             r = await c.get("/api/evidence/key", headers=await login(c, "reviewer"))
             seen.append((r.json()["fingerprint"], (data / KEY_FILE).read_bytes(),
                          r.json()["installation_id"]))
+            # One hub: the installation's key set is its own key.
+            assert [(k["fingerprint"], k["public_key_pem"])
+                    for k in r.json()["installation_keys"]] == [
+                (r.json()["fingerprint"], r.json()["public_key_pem"])]
         assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
     assert seen[0] == seen[1]  # the installation id is kept too (in the store)
     assert b"BEGIN PRIVATE KEY" in seen[0][1] and seen[0][2].startswith("gh-")
+
+
+async def test_every_hub_on_one_store_registers_its_key_in_the_installations_set(
+        db_url: str, tmp_path: Path) -> None:
+    """Hubs sharing a store (each with its own data folder) sign with their own keys; each
+    registers its public key once, with its node, and every hub lists them all."""
+    from hub.evidence import EvidenceService
+    from hub.settings import node_id
+    from hub.store import Store
+
+    stores = [Store(db_url), Store(db_url)]
+    for s in stores:
+        await s.open()
+    try:
+        a, b = (EvidenceService(tmp_path / n, s) for n, s in zip("ab", stores, strict=True))
+        await asyncio.gather(a.start(), b.start())
+        again = EvidenceService(tmp_path / "a", stores[1])  # hub a restarted
+        await again.start()
+        want = {(a.key.fingerprint, node_id(tmp_path / "a"), a.key.public_pem.decode()),
+                (b.key.fingerprint, node_id(tmp_path / "b"), b.key.public_pem.decode())}
+        assert a.key.fingerprint != b.key.fingerprint == b.key.fingerprint
+        for svc in (a, b, again):
+            keys = await svc.installation_keys()
+            assert {(k["fingerprint"], k["node"], k["public_key_pem"]) for k in keys} == want
+            assert len(keys) == 2 and all(k["registered_at"] for k in keys)
+    finally:
+        for s in stores:
+            await s.close()
 
 
 @pytest.mark.parametrize("content", [
