@@ -286,13 +286,13 @@ def verify(
     trusted = None
     for path in key or []:
         try:
-            trusted = (trusted or b"") + path.read_bytes() + b"\n"
+            pem = path.read_bytes()
+            load_public_keys(pem, str(path))
         except OSError as err:
             _fail([f"--key {path}: {err.strerror or err}"])
-        try:
-            load_public_keys(path.read_bytes(), str(path))
         except KeyFileError as err:
             _fail([f"--key {err}"])
+        trusted = (trusted or b"") + pem + b"\n"
     result = verify_bundle(bundle, trusted)
     for line in render(result):
         typer.echo(line)

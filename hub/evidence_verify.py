@@ -208,12 +208,11 @@ def _check(v: Verification, read: dict[str, _Read],
         if v.fingerprint in v.trusted:
             v.add("key", True, f"the bundle's key is the trusted key {v.fingerprint}")
             key = trusted[v.trusted.index(v.fingerprint)]
-        elif v.fingerprint is not None:
-            v.add("key", False, f"signed with key {v.fingerprint}, not "
-                  + ("the trusted key " if len(v.trusted) == 1 else "one of the trusted keys ")
-                  + ", ".join(v.trusted))
-            key = trusted[0]
-        else:
+        else:  # the signature is then checked with a trusted key (and fails)
+            if v.fingerprint is not None:
+                v.add("key", False, f"signed with key {v.fingerprint}, not "
+                      + ("the trusted key " if len(v.trusted) == 1
+                         else "one of the trusted keys ") + ", ".join(v.trusted))
             key = trusted[0]
 
     # The manifest and its signature.
