@@ -51,6 +51,19 @@ from tests.recording_helpers import (
 FPS = 15
 
 
+async def complete_segments(c: httpx.AsyncClient, h: dict[str, str], n: int,
+                            what: str) -> list[dict[str, Any]]:
+    """The camera's complete segments in the index, once there are at least ``n`` (40 s)."""
+
+    async def done() -> list[dict[str, Any]] | None:
+        r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
+        items = [i for i in r.json()["items"] if i["state"] == "complete"]
+        return items if len(items) >= n else None
+
+    found: list[dict[str, Any]] = await until(done, 40, what)
+    return found
+
+
 def au_bodies(clip: Path) -> set[tuple[bytes, ...]]:
     """The NAL units of each access unit of an Annex B clip, parameter sets and AUDs left
     out (they live in the segment's avcC)."""
@@ -119,12 +132,7 @@ async def test_records_rtsp_camera_into_segments_by_stream_copy(
     async with httpx.AsyncClient(base_url=rec_hub.url) as c:
         h = await login(c, "operator")
 
-        async def three_complete() -> list[dict[str, Any]] | None:
-            r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
-            done = [i for i in r.json()["items"] if i["state"] == "complete"]
-            return done if len(done) >= 3 else None
-
-        items = await until(three_complete, 40, "three complete segments")
+        items = await complete_segments(c, h, 3, "three complete segments")
         listing = (await c.get("/api/recordings", params={"camera": CAM}, headers=h)).json()
         data_dir = rec_hub.state.settings.data_dir  # type: ignore[attr-defined]
         sent = au_bodies(clip)
@@ -182,12 +190,7 @@ async def test_records_h265_rtsp_camera_by_stream_copy(demo_config: Path,
                 httpx.AsyncClient(base_url=hub.url) as c:
             h = await login(c, "operator")
 
-            async def two_complete() -> list[dict[str, Any]] | None:
-                r = await c.get("/api/recordings", params={"camera": CAM}, headers=h)
-                done = [i for i in r.json()["items"] if i["state"] == "complete"]
-                return done if len(done) >= 2 else None
-
-            items = await until(two_complete, 40, "two complete H.265 segments")
+            items = await complete_segments(c, h, 2, "two complete H.265 segments")
             for n, it in enumerate(items):
                 assert (it["codec"], it["width"], it["height"]) == ("hevc", 640, 360), it
                 r = await c.get(it["url"], headers=h)
