@@ -9,6 +9,7 @@ large, 422 invalid input (FastAPI lists each bad field).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -24,9 +25,10 @@ from fastapi import (
     WebSocket,
     status,
 )
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub import schema as t
 from hub.app import HubState, hub_state
@@ -362,11 +364,11 @@ def _action_error(err: ActionError) -> HTTPException:
     return HTTPException(400, str(err))
 
 
-async def _act(state: HubState, user: User, incident_id: str, action: str, request: Request,
+async def _act(state: HubState, user: User, incident_id: str, action: str, origin: str,
                **body: Any) -> Incident:
     """Run an incident action for a user who can see the incident; map its errors."""
     try:
-        return await state.incidents.act(incident_id, user, action, _origin(request), **body)
+        return await state.incidents.act(incident_id, user, action, origin, **body)
     except NotFound as err:
         raise HTTPException(404, f"no incident {incident_id!r}") from err
     except ActionError as err:
@@ -374,6 +376,18 @@ async def _act(state: HubState, user: User, incident_id: str, action: str, reque
     except Conflict as err:
         raise HTTPException(409, {"message": f"the incident kept changing: {err}; retry",
                                   "allowed": []}) from err
+
+
+async def run_action(state: HubState, user: User, incident_id: str, action: str,
+                     origin: str, body: BaseModel | None) -> Response:
+    """One incident action with its validated body (the route's and :class:`HotRoutes`')."""
+    fields = body.model_dump(exclude_none=False) if body is not None else {}
+    if action == "dispatch" and fields.get("department"):
+        fields["departments"] = [fields["department"], *fields.get("departments", [])]
+    fields.pop("department", None)
+    if action == "dispatch" and user.role not in ("admin", "operator", "dispatcher"):
+        raise HTTPException(403, f"role {user.role} cannot dispatch")
+    return _json(await _act(state, user, incident_id, action, origin, **fields))
 
 
 # One route per action, each with its body schema in OpenAPI.
@@ -407,13 +421,7 @@ def _action_route(action: str, body_model: type[BaseModel], doc: str) -> None:
 
     async def endpoint(state: St, user: Me, incident_id: str, request: Request,
                        body: Any = None) -> Response:
-        fields = body.model_dump(exclude_none=False) if body is not None else {}
-        if action == "dispatch" and fields.get("department"):
-            fields["departments"] = [fields["department"], *fields.get("departments", [])]
-        fields.pop("department", None)
-        if action == "dispatch" and user.role not in ("admin", "operator", "dispatcher"):
-            raise HTTPException(403, f"role {user.role} cannot dispatch")
-        return _json(await _act(state, user, incident_id, action, request, **fields))
+        return await run_action(state, user, incident_id, action, _origin(request), body)
 
     endpoint.__annotations__["body"] = (body_model | None) if optional else body_model
     if not optional:
@@ -441,11 +449,16 @@ async def report(state: St, user: Me, body: ReportBody, request: Request) -> Res
     """A problem reported by a person (grid staff on /report, a hotline operator, a patrol
     crew): it becomes a case in the grid cell at its position, or joins an open case of
     the same type nearby (``merged``: true), so one problem flows once."""
+    return await run_report(state, user, body, _origin(request))
+
+
+async def run_report(state: HubState, user: User, body: ReportBody, origin: str) -> Response:
+    """A report with its validated body (the route's and :class:`HotRoutes`')."""
     try:
         inc, merged = await state.incidents.report(
             user, type_=body.type, description=body.description,
             position=(body.position.lat, body.position.lon), people=body.people,
-            channel=body.channel, origin=_origin(request))
+            channel=body.channel, origin=origin)
     except ActionError as err:
         raise _action_error(err) from err
     except Conflict as err:  # the case it joins changed on another hub meanwhile
@@ -635,3 +648,104 @@ async def ws(websocket: WebSocket, token: str | None = None, batch: bool = False
     await websocket.accept()
     await state.clients.serve(websocket, user, batch=batch)
 
+
+
+
+# --- the hot routes' lean path -------------------------------------------------------------
+
+
+class HotRoutes:
+    """ASGI middleware: the workflow's hot routes (``POST /api/reports`` and
+    ``POST /api/incidents/{id}/{action}``, hundreds a second at peak) without FastAPI's
+    routing and dependency solving, which cost several times the action itself (a linear
+    route match, then the dependency graph, per request).
+
+    It takes only the plain case: a valid bearer token and a JSON body that validates
+    against the route's model (or no body where the route allows none). Then it runs the
+    same code as the route (:func:`run_report`, :func:`run_action`) and answers an
+    ``HTTPException`` as FastAPI does. Anything else (no or bad token, a body that is not
+    JSON or does not validate, another content type) goes on to the FastAPI route with
+    its body intact, so every error answer still comes from one place, and the routes
+    stay the OpenAPI contract."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._route(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        action, incident_id = route
+        auth = ctype = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value
+            elif name == b"content-type":
+                ctype = value
+        state: HubState = scope["app"].state.hub
+        scheme, _, token = (auth or b"").decode("latin-1").partition(" ")
+        try:
+            user = state.accounts.verify(token) if scheme.lower() == "bearer" else None
+        except AuthError:
+            user = None
+        taken: list[Message] = []
+        body = b""
+        more = user is not None
+        while more:  # read the whole body, keeping the messages to hand on if need be
+            msg = await receive()
+            taken.append(msg)
+            body += msg.get("body", b"")
+            more = msg["type"] == "http.request" and msg.get("more_body", False)
+        model = ReportBody if action is None else ACTION_DOCS[action][0]
+        value = None if user is None else self._validate(model, body, ctype)
+        if user is None or value is None and (action not in NO_BODY_OK or body):
+            await self.app(scope, _replay(taken, receive), send)
+            return
+        origin = scope["client"][0] if scope.get("client") else "unknown"
+        try:
+            if action is None:
+                assert isinstance(value, ReportBody)
+                response = await run_report(state, user, value, origin)
+            else:
+                response = await run_action(state, user, incident_id, action, origin, value)
+        except HTTPException as exc:  # as FastAPI's handler answers it
+            response = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _route(scope: Scope) -> tuple[str | None, str] | None:
+        """(action, incident id) for an action, (None, "") for a report, else None."""
+        if scope["method"] != "POST":
+            return None
+        path: str = scope["path"]
+        if path == "/api/reports":
+            return None, ""
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["api", "incidents"] and parts[3] \
+                and parts[4] in ACTION_DOCS:
+            return parts[4], parts[3]
+        return None
+
+    @staticmethod
+    def _validate(model: type[BaseModel] | None, body: bytes, ctype: bytes | None
+                  ) -> BaseModel | None:
+        """The body as ``model``, or None (none sent, or one for FastAPI to refuse)."""
+        if not body or model is None:
+            return None
+        if ctype is not None and ctype.split(b";")[0].strip().lower() != b"application/json":
+            return None
+        try:  # parsed then validated, as FastAPI does
+            return model.model_validate(json.loads(body))
+        except ValueError:  # not JSON, or pydantic's ValidationError
+            return None
+
+
+def _replay(taken: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands back the messages already read."""
+    pending = list(taken)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay

@@ -20,7 +20,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from hub.api import Me, St, _act
+from hub.api import Me, St, _act, _origin
 from hub.app import HubState
 from hub.evidence import (
     CHUNK,
@@ -104,7 +104,7 @@ async def export_incident(state: St, user: Me, incident_id: str, body: ExportBod
     svc = _service(state)
     key = svc.key
     bundle_id = uuid.uuid4().hex
-    inc = await _act(state, user, incident_id, "export", request, reason=body.reason,
+    inc = await _act(state, user, incident_id, "export", _origin(request), reason=body.reason,
                      bundle=bundle_id, key=key.fingerprint)
     timeline = await timeline_rows(state.store, inc.id)
     mine = next((e["seq"] for e in timeline if e["action"] == "export"

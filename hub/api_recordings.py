@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.api import Me, St, _act, _get_visible, bearer
+from hub.api import Me, St, _act, _get_visible, _origin, bearer
 from hub.app import HubState
 from hub.auth import AuthError, load_secret
 from hub.models import Incident, User
@@ -252,7 +252,7 @@ async def evidence_unlock(state: St, user: Me, incident_id: str, body: UnlockBod
                           request: Request) -> Incident:
     """Release the incident's evidence locks (reviewer): retention may then delete its
     recordings. Recorded in the timeline with who and why."""
-    return await _act(state, user, incident_id, "evidence_unlock", request,
+    return await _act(state, user, incident_id, "evidence_unlock", _origin(request),
                       reason=body.reason)
 
 

@@ -181,6 +181,7 @@ def create_app(
     routers: list[Callable[[FastAPI], None]] | None = None,
 ) -> FastAPI:
     """Build the hub app. ``services`` are started after the hub, stopped before it."""
+    from hub.api import HotRoutes
     from hub.api import router as api_router
 
     passwords = resolve_passwords(site)  # raises ConfigError on weak passwords
@@ -240,7 +241,8 @@ def create_app(
         summary="Command-center hub for city grid management",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HotRoutes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # the outer one
     app.include_router(api_router)
     for add in routers or []:
         add(app)
