@@ -670,6 +670,8 @@ class HotRoutes:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.served = 0  # hot requests answered here
+        self.passed = 0  # hot requests handed on to their FastAPI route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._route(scope) if scope["type"] == "http" else None
@@ -700,8 +702,10 @@ class HotRoutes:
         model = ReportBody if action is None else ACTION_DOCS[action][0]
         value = None if user is None else self._validate(model, body, ctype)
         if user is None or value is None and (action not in NO_BODY_OK or body):
+            self.passed += 1
             await self.app(scope, _replay(taken, receive), send)
             return
+        self.served += 1
         origin = scope["client"][0] if scope.get("client") else "unknown"
         try:
             if action is None:
