@@ -699,6 +699,8 @@ class HotRoutes:
             taken.append(msg)
             body += msg.get("body", b"")
             more = msg["type"] == "http.request" and msg.get("more_body", False)
+            if msg["type"] != "http.request":  # the client went away: FastAPI's case
+                user = None
         model = ReportBody if action is None else ACTION_DOCS[action][0]
         value = None if user is None else self._validate(model, body, ctype)
         if user is None or value is None and (action not in NO_BODY_OK or body):

@@ -354,3 +354,45 @@ async def test_hot_routes_answer_as_the_fastapi_routes(demo_config: Path,
     assert hot[1] is None and hot[0] is not None
     # the plain cases were answered by the lean path, the refusals by FastAPI
     assert hot[0].served >= 8 and hot[0].passed >= 8, (hot[0].served, hot[0].passed)
+
+
+@pytest.mark.parametrize("messages", [
+    # a body in three pieces that is not the action's model
+    [b'{"result"', b': ""', b"}"],
+    # a client that goes away before the end of its body (what came is valid)
+    [b'{"result": "done"}', None],
+])
+async def test_hot_routes_hand_on_what_they_read(messages: list[bytes | None]) -> None:
+    """What the lean path does not take reaches the FastAPI route message by message, as
+    the client sent it (body pieces, a disconnect), and the lean path answers nothing."""
+    from types import SimpleNamespace
+
+    from hub.api import HotRoutes
+    from hub.models import User
+
+    user = User(username="roads", name="roads", role="department", department="roads")
+    hub_state = SimpleNamespace(accounts=SimpleNamespace(verify=lambda token: user))
+    sent = [({"type": "http.disconnect"} if m is None else
+             {"type": "http.request", "body": m, "more_body": i < len(messages) - 1})
+            for i, m in enumerate(messages)]
+    queue = list(sent)
+    seen: list[Any] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        for _ in sent:
+            seen.append(await receive())
+
+    async def receive() -> Any:
+        return queue.pop(0)
+
+    async def send(message: Any) -> None:
+        raise AssertionError(f"the lean path answered: {message}")
+
+    hot = HotRoutes(route)
+    scope = {"type": "http", "method": "POST", "path": "/api/incidents/inc_1/resolve",
+             "headers": [(b"authorization", b"Bearer t"),
+                         (b"content-type", b"application/json")],
+             "app": SimpleNamespace(state=SimpleNamespace(hub=hub_state))}
+    await hot(scope, receive, send)
+    assert seen == sent
+    assert (hot.served, hot.passed) == (0, 1)
