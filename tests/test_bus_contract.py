@@ -152,6 +152,43 @@ async def test_redis_hands_back_its_own_live_message_and_parses_another_hubs(
 
 
 @pytest.mark.redis
+async def test_redis_listeners_of_a_hub_share_one_subscription(redis_prefix: str) -> None:
+    """A hub's listeners of one topic share one Redis subscription (each message is read
+    once) and each still gets every message; it ends with the last listener, and a new
+    listener subscribes again."""
+    from hub.bus.redis import RedisBus
+    from tests.conftest import REDIS_URL
+
+    bus = RedisBus(REDIS_URL, prefix=redis_prefix)
+    await bus.start()
+    channel = bus._channel(IncidentEvent.topic)
+
+    async def subscribers() -> int:
+        return int(dict(await bus.redis.pubsub_numsub(channel))[channel.encode()])
+
+    try:
+        evs = [IncidentEvent(kind="incident.created", incident={"id": f"inc_{i}", "type": "x"})
+               for i in range(3)]
+        async with bus.listen(IncidentEvent) as l1:
+            async with bus.listen(IncidentEvent) as l2, bus.listen(IncidentEvent) as l3:
+                assert await subscribers() == 1
+                for ev in evs[:2]:
+                    await bus.broadcast(ev)
+                for lis in (l1, l2, l3):
+                    assert [await asyncio.wait_for(anext(lis), 5) for _ in range(2)] == evs[:2]
+            assert await subscribers() == 1  # l1 still listens
+            await bus.broadcast(evs[2])
+            assert await asyncio.wait_for(anext(l1), 5) == evs[2]
+        assert await subscribers() == 0
+        async with bus.listen(IncidentEvent) as again:
+            assert await subscribers() == 1
+            await bus.broadcast(evs[0])
+            assert await asyncio.wait_for(anext(again), 5) == evs[0]
+    finally:
+        await bus.close()
+
+
+@pytest.mark.redis
 async def test_redis_garbage_entry_is_dead_lettered(redis_prefix: str) -> None:
     """A stream entry that is not a valid message is set aside; the good ones still arrive."""
     import redis.asyncio as aioredis

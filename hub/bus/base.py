@@ -24,6 +24,8 @@ from hub.bus.messages import Message
 
 M = TypeVar("M", bound=Message)
 
+LISTENER_QUEUE = 256  # live messages kept per listener before the oldest are dropped
+
 
 class BusError(Exception):
     """The bus failed to deliver or store a message."""

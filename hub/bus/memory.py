@@ -12,12 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from hub.bus.base import Bus, Delivery, M
+from hub.bus.base import LISTENER_QUEUE, Bus, Delivery, M
 from hub.bus.messages import Message
 
 log = logging.getLogger(__name__)
 
-LISTENER_QUEUE = 256  # live messages kept per listener before the oldest are dropped
 
 
 @dataclass

@@ -9,6 +9,10 @@ order for every hub). The hub keeps what it broadcast in the last ``ECHO_KEEP`` 
 keyed by the exact bytes sent, and hands its listeners the very message it sent, with
 the sender's model (``IncidentEvent.sent_model``), instead of parsing it again; bytes
 from other hubs are parsed as always.
+
+A hub subscribes once per live topic, however many of its tasks listen to it (the
+console fan-out and the recorder both follow incidents): each message is read from Redis
+once and handed to every local listener's queue.
 """
 
 from __future__ import annotations
@@ -18,19 +22,30 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from hub.bus.base import Bus, BusError, Delivery, M
+from hub.bus.base import LISTENER_QUEUE, Bus, BusError, Delivery, M
 from hub.bus.messages import Message
+from hub.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 100_000  # approximate cap per stream
 ECHO_KEEP = 2048  # own live messages remembered until they come back
+
+
+@dataclass(eq=False)
+class _Topic:
+    """A live topic's one subscription and this hub's listeners' queues."""
+
+    pubsub: Any
+    queues: set[asyncio.Queue[bytes | Exception]] = field(default_factory=set)
+    reader: asyncio.Task[None] | None = None
 
 
 class RedisBus(Bus):
@@ -45,6 +60,9 @@ class RedisBus(Bus):
         self._groups: set[tuple[str, str]] = set()
         self._dead = 0
         self._echo: OrderedDict[bytes, Message] = OrderedDict()
+        self._topics: dict[str, _Topic] = {}  # live subscriptions, one per topic
+        self._sub_lock = asyncio.Lock()
+        self.dropped_live = 0  # live messages a slow listener missed
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -64,6 +82,10 @@ class RedisBus(Bus):
             raise BusError(f"cannot reach Redis at {self._url}")
 
     async def close(self) -> None:
+        subs, self._topics = list(self._topics.values()), {}
+        await cancel_and_wait([s.reader for s in subs])
+        for sub in subs:
+            await self._close_pubsub(sub.pubsub)
         if self._r is not None:
             await self._r.aclose()
             self._r = None
@@ -168,39 +190,87 @@ class RedisBus(Bus):
             self._echo.pop(data, None)
             raise BusError(f"broadcast {msg.topic} failed: {err}") from err
 
+    async def _subscribe(self, topic: str) -> _Topic:
+        """One subscription per topic, shared by this hub's listeners of it."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self._channel(topic))
+            # Wait for the server's confirmation so nothing broadcast after this returns
+            # is missed.
+            async with asyncio.timeout(5):
+                while True:
+                    first = await pubsub.get_message(timeout=1.0)
+                    if first is not None and first["type"] == "subscribe":
+                        break
+        except BaseException:
+            await self._close_pubsub(pubsub)
+            raise
+        sub = _Topic(pubsub)
+        sub.reader = asyncio.create_task(self._read(topic, sub), name=f"bus-live-{topic}")
+        return sub
+
+    async def _read(self, topic: str, sub: _Topic) -> None:
+        """Hand each live message of the topic to every local listener (the oldest is
+        dropped for a listener 256 behind); a failure ends every listener's iteration."""
+        try:
+            while True:
+                item = await sub.pubsub.get_message(timeout=1.0)
+                if item is None or item["type"] != "message":
+                    continue
+                for q in list(sub.queues):
+                    if q.full():
+                        q.get_nowait()
+                        self.dropped_live += 1
+                    q.put_nowait(item["data"])
+        except Exception as err:  # the connection is gone: the listeners listen again
+            if self._topics.get(topic) is sub:
+                del self._topics[topic]
+            for q in list(sub.queues):
+                if q.full():
+                    q.get_nowait()
+                q.put_nowait(err)
+
+    @staticmethod
+    async def _close_pubsub(pubsub: Any) -> None:
+        try:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+        except (RedisError, OSError):
+            log.debug("bus: pubsub close failed", exc_info=True)
+
     @asynccontextmanager
     async def _listen(self, cls: type[M]) -> AsyncIterator[AsyncIterator[M]]:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self._channel(cls.topic))
-        # Wait for the server's confirmation so nothing broadcast after this returns is missed.
-        async with asyncio.timeout(5):
-            while True:
-                first = await pubsub.get_message(timeout=1.0)
-                if first is not None and first["type"] == "subscribe":
-                    break
+        q: asyncio.Queue[bytes | Exception] = asyncio.Queue(LISTENER_QUEUE)
+        async with self._sub_lock:
+            sub = self._topics.get(cls.topic)
+            if sub is None:
+                sub = self._topics[cls.topic] = await self._subscribe(cls.topic)
+            sub.queues.add(q)
 
         async def messages() -> AsyncIterator[M]:
             while True:
-                item = await pubsub.get_message(timeout=1.0)
-                if item is None or item["type"] != "message":
-                    continue
-                own = self._echo.get(item["data"])
+                data = await q.get()
+                if isinstance(data, Exception):
+                    raise BusError(f"listening to {cls.topic} failed: {data}") from data
+                own = self._echo.get(data)
                 if isinstance(own, cls):  # this hub's own message, back from Redis
                     yield own
                     continue
                 try:
-                    yield cls.model_validate_json(item["data"])
+                    yield cls.model_validate_json(data)
                 except ValidationError as err:
                     log.error("bus: bad live message on %s: %s", cls.topic, err)
 
         try:
             yield messages()
         finally:
-            try:
-                await pubsub.unsubscribe()
-                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-            except (RedisError, OSError):
-                log.debug("bus: pubsub close failed", exc_info=True)
+            sub.queues.discard(q)
+            async with self._sub_lock:
+                if not sub.queues:  # the last listener of this subscription closes it
+                    if self._topics.get(cls.topic) is sub:
+                        del self._topics[cls.topic]
+                    await cancel_and_wait([sub.reader])
+                    await self._close_pubsub(sub.pubsub)
 
     def listen(self, cls: type[M]) -> Any:
         return self._listen(cls)
