@@ -664,9 +664,9 @@ class HotRoutes:
     against the route's model (or no body where the route allows none). Then it runs the
     same code as the route (:func:`run_report`, :func:`run_action`) and answers an
     ``HTTPException`` as FastAPI does. Anything else (no or bad token, a body that is not
-    JSON or does not validate, another content type) goes on to the FastAPI route with
-    its body intact, so every error answer still comes from one place, and the routes
-    stay the OpenAPI contract."""
+    JSON or does not validate, another content type, a client gone before the end of its
+    body) goes on to the FastAPI route with its body intact, so every error answer still
+    comes from one place, and the routes stay the OpenAPI contract."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -680,10 +680,10 @@ class HotRoutes:
             return
         action, incident_id = route
         auth = ctype = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
+        for name, value in scope["headers"]:  # the first of each, as Starlette reads them
+            if name == b"authorization" and auth is None:
                 auth = value
-            elif name == b"content-type":
+            elif name == b"content-type" and ctype is None:
                 ctype = value
         state: HubState = scope["app"].state.hub
         scheme, _, token = (auth or b"").decode("latin-1").partition(" ")
@@ -743,7 +743,7 @@ class HotRoutes:
             return None
         try:  # parsed then validated, as FastAPI does
             return model.model_validate(json.loads(body))
-        except ValueError:  # not JSON, or pydantic's ValidationError
+        except (ValueError, RecursionError):  # not JSON (or too deep), or not valid
             return None
 
 

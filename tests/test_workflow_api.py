@@ -259,6 +259,7 @@ HOT_SCRIPT: list[tuple[str, str | None, str, Any]] = [
     ("report with a bad token", "bad", "/api/reports",
      {"type": "road_damage", "description": "x", "position": G01}),
     ("report not JSON|application/json", "staff-01", "/api/reports", b"{not json"),
+    ("report nested too deep|application/json", "staff-01", "/api/reports", b"[" * 30000),
     ("report as text|text/plain", "staff-01", "/api/reports",
      json.dumps({"type": "road_damage", "description": "x", "position": G01}).encode()),
     ("report with an unknown field", "staff-01", "/api/reports",
@@ -350,6 +351,7 @@ async def test_hot_routes_answer_as_the_fastapi_routes(demo_config: Path,
     assert statuses["report"] == 201 and statuses["close"] == 200
     assert statuses["report without a token"] == 401 and statuses["close too early"] == 409
     assert statuses["report not JSON|application/json"] == 422
+    assert statuses["report nested too deep|application/json"] == 400
     assert statuses["dispatch, one click, no body|application/json"] == 200
     assert hot[1] is None and hot[0] is not None
     # the plain cases were answered by the lean path, the refusals by FastAPI
