@@ -18,7 +18,6 @@ from hub.bus.messages import Message
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class _Pending:
     consumer: str
